@@ -1,0 +1,54 @@
+"""What a family adapter provides: the axes of a model and the student classes to fold into."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from reparam import Axis
+
+
+class FamilyAdapter(ABC):
+    """Maps one family's modules to axes; the only place that knows module names."""
+
+    family: str
+    #: model class name -> heterogeneous student class name, for every supported head
+    student_classes: Mapping[str, str]
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return type(model).__name__ in cls.student_classes and isinstance(model, PreTrainedModel)
+
+    @abstractmethod
+    def axes(self) -> list[Axis]:
+        """Every axis of the model, gated or not, with parent axes before their children."""
+
+    @abstractmethod
+    def is_encoder(self, name: str) -> bool:
+        """Whether a parameter counts as an encoder parameter (the size target's unit)."""
+
+    @abstractmethod
+    def kind_limits(self) -> dict[str, int]:
+        """The teacher's size for each axis kind (per layer where the kind is per layer)."""
+
+    @abstractmethod
+    def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
+        """The config of the student whose axes keep ``sizes`` units (stock or heterogeneous)."""
+
+    @abstractmethod
+    def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
+        """Whether a stock config of the family can express the student."""
+
+    @abstractmethod
+    def student_class(self, stock: bool) -> type[PreTrainedModel]:
+        """The class the student is built with: the teacher's own class, or its heterogeneous twin."""
+
+    def student_init_kwargs(self) -> dict:
+        """Extra constructor arguments the student class needs to match the teacher's modules."""
+        return {}

@@ -1,0 +1,148 @@
+"""BERT family: axes of BertModel and its masked-LM, sequence and token classification heads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import transformers
+from transformers import BertConfig, PretrainedConfig, PreTrainedModel
+
+from compress.adapters.base import FamilyAdapter
+from compress.students import modeling_compressed_bert as students
+from reparam import Axis, GateSite, TensorDim
+
+
+def _linear(name: str, dim: int) -> list[TensorDim]:
+    """A Linear's weight dimension, plus its bias when that dimension is the output."""
+    return [TensorDim(f"{name}.weight", dim)] + ([TensorDim(f"{name}.bias", 0)] if dim == 0 else [])
+
+
+class BertAdapter(FamilyAdapter):
+    family = "bert"
+    student_classes = {
+        "BertModel": "CompressedBertModel",
+        "BertForMaskedLM": "CompressedBertForMaskedLM",
+        "BertForSequenceClassification": "CompressedBertForSequenceClassification",
+        "BertForTokenClassification": "CompressedBertForTokenClassification",
+    }
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model)
+        self.config: BertConfig = model.config
+        self.prefix = "" if type(model).__name__ == "BertModel" else "bert."
+        self.base = model if not self.prefix else model.bert
+        self.head_dim = self.config.hidden_size // self.config.num_attention_heads
+        self.params = {name for name, _ in model.named_parameters()} | set(model.state_dict())
+
+    def _layer(self, i: int) -> str:
+        return f"{self.prefix}encoder.layer.{i}"
+
+    def _existing(self, dims: list[TensorDim]) -> list[TensorDim]:
+        return [d for d in dims if d.tensor in self.params]
+
+    def axes(self) -> list[Axis]:
+        cfg, p = self.config, self.prefix
+        emb = f"{p}embeddings"
+        hidden = Axis("hidden", "hidden", cfg.hidden_size)
+        hidden.writers += [TensorDim(f"{emb}.{t}_embeddings.weight", 1) for t in ("word", "position", "token_type")]
+        hidden.normalisers.append(f"{emb}.LayerNorm")
+        hidden.sites.append(GateSite(f"{emb}.LayerNorm"))
+        axes = [hidden]
+        for i in range(cfg.num_hidden_layers):
+            layer = self._layer(i)
+            qkv = [f"{layer}.attention.self.{m}" for m in ("query", "key", "value")]
+            o, norm1 = f"{layer}.attention.output.dense", f"{layer}.attention.output.LayerNorm"
+            fin, fout, norm2 = f"{layer}.intermediate.dense", f"{layer}.output.dense", f"{layer}.output.LayerNorm"
+            attention = Axis(f"layers.{i}.attention", "attention", 1, sites=[GateSite(o)])
+            attention.owns = [f"{m}.{t}" for m in (*qkv, o) for t in ("weight", "bias")]
+            heads = Axis(f"layers.{i}.heads", "heads", cfg.num_attention_heads, group=self.head_dim)
+            heads.writers = [d for m in qkv for d in _linear(m, 0)]
+            heads.readers = _linear(o, 1)
+            heads.sites = [GateSite(o, on="input")]
+            heads.parent = attention.name
+            mlp = Axis(f"layers.{i}.mlp", "mlp", 1, sites=[GateSite(fout)])
+            mlp.owns = [f"{m}.{t}" for m in (fin, fout) for t in ("weight", "bias")]
+            ffn = Axis(f"layers.{i}.ffn", "ffn", cfg.intermediate_size, writers=_linear(fin, 0), readers=_linear(fout, 1))
+            ffn.sites = [GateSite(fout, on="input")]
+            ffn.parent = mlp.name
+            hidden.writers += _linear(o, 0) + _linear(fout, 0)
+            hidden.readers += [d for m in (*qkv, fin) for d in _linear(m, 1)]
+            hidden.normalisers += [norm1, norm2]
+            hidden.sites += [GateSite(o), GateSite(norm1), GateSite(fout), GateSite(norm2)]
+            axes += [attention, heads, mlp, ffn]
+        self._head_dims(hidden)
+        hidden.writers, hidden.readers = self._existing(hidden.writers), self._existing(hidden.readers)
+        return axes
+
+    def _head_dims(self, hidden: Axis) -> None:
+        """Pooler, MLM transform and classifiers: what reads and writes the hidden axis outside the encoder."""
+        if self.base.pooler is not None:
+            pooler = f"{self.prefix}pooler.dense"
+            hidden.writers += _linear(pooler, 0)
+            hidden.readers += _linear(pooler, 1)
+            # tanh follows the pooler, so its gate cannot fold into weights: pruned units just vanish.
+            hidden.sites.append(GateSite(f"{self.prefix}pooler", binary=True))
+        transform = "cls.predictions.transform"
+        if f"{transform}.dense.weight" in self.params:
+            hidden.writers += _linear(f"{transform}.dense", 0)
+            hidden.readers += _linear(f"{transform}.dense", 1) + _linear("cls.predictions.decoder", 1)
+            hidden.normalisers.append(f"{transform}.LayerNorm")
+            hidden.sites.append(GateSite(f"{transform}.LayerNorm"))
+        hidden.readers += _linear("classifier", 1)
+
+    def is_encoder(self, name: str) -> bool:
+        return name.startswith(f"{self.prefix}encoder.")
+
+    def kind_limits(self) -> dict[str, int]:
+        cfg = self.config
+        return {
+            "hidden": cfg.hidden_size,
+            "heads": cfg.num_attention_heads,
+            "ffn": cfg.intermediate_size,
+            "attention": cfg.num_hidden_layers,
+            "mlp": cfg.num_hidden_layers,
+        }
+
+    def _per_layer(self, sizes: Mapping[str, int], kind: str) -> list[int]:
+        return [sizes[f"layers.{i}.{kind}"] for i in range(self.config.num_hidden_layers)]
+
+    def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
+        heads, ffn = set(self._per_layer(sizes, "heads")), set(self._per_layer(sizes, "ffn"))
+        sublayers = self._per_layer(sizes, "attention") + self._per_layer(sizes, "mlp")
+        return (
+            all(sublayers)
+            and len(heads) == 1
+            and len(ffn) == 1
+            and min(heads) > 0
+            and min(ffn) > 0
+            and min(heads) * self.head_dim == sizes["hidden"]
+        )
+
+    def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
+        common = self.config.to_dict()
+        for key in ("architectures", "auto_map", "transformers_version", "model_type", "_name_or_path"):
+            common.pop(key, None)
+        common["hidden_size"] = sizes["hidden"]
+        if stock:
+            common["num_attention_heads"] = sizes["layers.0.heads"]
+            common["intermediate_size"] = sizes["layers.0.ffn"]
+            return BertConfig(**common)
+        for key in ("num_attention_heads", "intermediate_size"):
+            common.pop(key)
+        return students.CompressedBertConfig(
+            layer_heads=self._per_layer(sizes, "heads"),
+            layer_head_size=[self.head_dim] * self.config.num_hidden_layers,
+            layer_intermediate_size=self._per_layer(sizes, "ffn"),
+            layer_attention=[bool(n) for n in self._per_layer(sizes, "attention")],
+            layer_mlp=[bool(n) for n in self._per_layer(sizes, "mlp")],
+            **common,
+        )
+
+    def student_class(self, stock: bool) -> type[PreTrainedModel]:
+        name = type(self.model).__name__
+        return getattr(transformers, name) if stock else getattr(students, self.student_classes[name])
+
+    def student_init_kwargs(self) -> dict:
+        if type(self.model).__name__ == "BertModel":
+            return {"add_pooling_layer": self.base.pooler is not None}
+        return {}

@@ -1,0 +1,86 @@
+"""The ``compress`` command: ``compress run RECIPE ...`` and ``compress recipes``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from compress.errors import CompressError
+from compress.export import RECORD_FILE
+from compress.recipe import bundled_recipes, load_recipe
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise CompressError(f"override {text!r} is not key=value (e.g. prune.target_sparsity=0.6)")
+    key, _, value = text.partition("=")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from compress.pipeline import run
+
+    recipe = load_recipe(args.recipe).override(dict(_parse_override(o) for o in args.overrides))
+    out = run(recipe, teacher=args.teacher, out=args.out, overwrite=args.overwrite)
+    record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
+    structure = record["structure"]
+    print(f"student written to {out} ({record['format']} config, model_type {record['model_type']})")
+    print(f"hidden {structure['sizes']['hidden']}, heads per layer {_per_layer(structure, 'heads')}, "
+          f"ffn per layer {_per_layer(structure, 'ffn')}")
+    print(f"parameters {structure['teacher_parameters']:,} -> {structure['parameters']:,}; encoder "
+          f"{structure['teacher_encoder_parameters']:,} -> {structure['encoder_parameters']:,} "
+          f"({structure['encoder_sparsity']:.1%} removed)")
+    return 0
+
+
+def _per_layer(structure: dict, kind: str) -> list[int]:
+    sizes = structure["sizes"]
+    return [sizes[k] for k in sorted((k for k in sizes if k.endswith(f".{kind}")), key=lambda k: int(k.split(".")[1]))]
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    for name in bundled_recipes():
+        recipe = load_recipe(name)
+        prune = recipe.prune
+        target = prune["target"] or f"{prune['target_sparsity']:.0%} of encoder parameters"
+        print(f"{name:24s} family={recipe.family:8s} method={prune['method']:10s} target={target}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compress", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="compress a teacher with a recipe and export the student")
+    run.add_argument("recipe", help="bundled recipe name (see `compress recipes`) or path to a .yaml file")
+    run.add_argument("--teacher", help="Hugging Face model folder (default: the MiniLM teacher of the demo extra)")
+    run.add_argument("--out", help="output folder (default: ./<recipe name>-student)")
+    run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. prune.target_sparsity=0.6")
+    run.set_defaults(func=_cmd_run)
+    recipes = sub.add_parser("recipes", help="list the bundled recipes")
+    recipes.set_defaults(func=_cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may come after options (``--out x key=value``): argparse leaves those over.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or args.command != "run"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args)
+    except CompressError as err:
+        print(f"compress: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors the library raises for bad input; each message names the problem and the fix."""
+
+
+class CompressError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class RecipeError(CompressError, ValueError):
+    """A recipe that cannot be loaded, or holds an unknown key or an impossible value."""
+
+
+class UnsupportedModelError(CompressError, TypeError):
+    """A model of a family (or with a head) that no adapter handles."""
+
+
+class OutputDirError(CompressError, FileExistsError):
+    """An output folder that would lose what the user already had."""
+
+
+class TargetError(CompressError, ValueError):
+    """A size target that the teacher cannot meet (e.g. larger than the teacher)."""

@@ -1,0 +1,179 @@
+"""attach: a gated copy of the teacher; fold: the smaller dense student it stands for."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from compress.adapters import FamilyAdapter, adapter_for
+from compress.errors import RecipeError, TargetError
+from compress.recipe import Recipe, load_recipe
+from compress.structure import Structure
+from pruners import FixedGate, GateSet, HardConcreteGate, count_parameters, magnitude_importance
+from pruners.allocation import uniform_sizes
+from reparam import Axis, fold_state_dict, install_gates, kept_indices
+
+GATES_ATTR = "compress_gates"
+
+
+class CompressionJob:
+    """A teacher copy with gates (``model``), the axes they sit on, and the fold into a student."""
+
+    def __init__(self, teacher: PreTrainedModel, recipe: Recipe) -> None:
+        adapter_cls = adapter_for(teacher)
+        if adapter_cls.family != recipe.family:
+            raise RecipeError(
+                f"recipe {recipe.name!r} is for family {recipe.family!r} but the teacher "
+                f"{type(teacher).__name__} is {adapter_cls.family!r}; use a {adapter_cls.family} recipe"
+            )
+        self.recipe = recipe
+        self.teacher_name = str(getattr(teacher.config, "name_or_path", "") or type(teacher).__name__)
+        self.model = copy.deepcopy(teacher)
+        self.adapter: FamilyAdapter = adapter_cls(self.model)
+        self.axes: list[Axis] = self.adapter.axes()
+        self._shapes = {name: tuple(p.shape) for name, p in self.model.named_parameters()}
+        self._check_target()
+        gated_kinds = recipe.prune["axes"]
+        self.gates = GateSet({a.name: HardConcreteGate(a.size) for a in self.axes if a.kind in gated_kinds})
+        self.model.add_module(GATES_ATTR, self.gates)
+        install_gates(self.model, self.axes, self.gates)
+
+    # -- size accounting -------------------------------------------------------------------
+    def _check_target(self) -> None:
+        target = self.recipe.prune["target"] or {}
+        limits = self.adapter.kind_limits()
+        for kind, size in target.items():
+            if size > limits[kind]:
+                raise TargetError(
+                    f"prune.target.{kind} = {size} is larger than the teacher's {limits[kind]} "
+                    f"({kind}); choose a size <= {limits[kind]}"
+                )
+            if size == 0 and kind in ("hidden",):
+                raise TargetError("prune.target.hidden = 0 would remove the whole residual stream; choose >= 1")
+
+    def count(self, sizes: Mapping[str, int], encoder_only: bool = False) -> int:
+        """Parameters of the student whose axes keep ``sizes`` (axis name -> units)."""
+        include = self.adapter.is_encoder if encoder_only else None
+        return int(count_parameters(self._shapes, self.axes, sizes, include=include))
+
+    def _sizes_by_kind(self, by_kind: Mapping[str, int]) -> dict[str, int]:
+        return {a.name: by_kind[a.kind] for a in self.axes if a.kind in by_kind}
+
+    def structure(self) -> Structure:
+        """Kept units per axis under the deterministic gates, and the parameter counts they give."""
+        kept = kept_indices(self.axes, self.gates.deterministic())
+        sizes = {name: int(idx.numel()) for name, idx in kept.items()}
+        full = {a.name: a.size for a in self.axes}
+        return Structure(
+            sizes=sizes,
+            parameters=self.count(sizes),
+            encoder_parameters=self.count(sizes, encoder_only=True),
+            teacher_parameters=self.count(full),
+            teacher_encoder_parameters=self.count(full, encoder_only=True),
+        )
+
+    # -- one-shot selection ----------------------------------------------------------------
+    def _target_kind_sizes(self, target: float | Mapping[str, int]) -> dict[str, int]:
+        if not isinstance(target, (int, float)):
+            return dict(target)
+        if not 0.0 <= target < 1.0:
+            raise TargetError(f"target sparsity {target} must be in [0, 1)")
+        full = {a.name: a.size for a in self.axes}
+        budget = (1.0 - target) * self.count(full, encoder_only=True)
+        try:
+            return uniform_sizes(
+                self.adapter.kind_limits(),
+                self.recipe.prune["axes"],
+                budget,
+                lambda by_kind: self.count({**full, **self._sizes_by_kind(by_kind)}, encoder_only=True),
+                head_dim=next(a.group for a in self.axes if a.kind == "heads"),
+            )
+        except ValueError as err:
+            raise TargetError(f"cannot meet target sparsity {target}: {err}") from err
+
+    @torch.no_grad()
+    def prune_to(self, target: float | Mapping[str, int] | None = None) -> Structure:
+        """Fix the gates to a one-shot structure chosen by weight magnitude, and return it.
+
+        ``target`` is a fraction of encoder parameters to remove or explicit sizes by axis kind
+        (``heads`` and ``ffn`` per layer, ``attention`` / ``mlp`` as the number of layers that keep
+        the sublayer); by default the recipe's target. Kinds without a size keep every unit.
+        """
+        if target is None:
+            target = self.recipe.prune["target"] or self.recipe.prune["target_sparsity"]
+        by_kind = self._target_kind_sizes(target)
+        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith(GATES_ATTR)}
+        unit_axes: dict[str, list[Axis]] = {}
+        for axis in self.axes:
+            if axis.name not in self.gates.names():
+                continue
+            if axis.size == 1:
+                unit_axes.setdefault(axis.kind, []).append(axis)
+                continue
+            keep = min(by_kind.get(axis.kind, axis.size), axis.size)
+            order = torch.argsort(magnitude_importance(state, axis), descending=True, stable=True)
+            self.gates[axis.name] = FixedGate.keeping(axis.size, order[:keep])
+        for kind, axes in unit_axes.items():
+            scores = torch.cat([magnitude_importance(state, a) for a in axes])
+            kept = set(torch.argsort(scores, descending=True, stable=True)[: by_kind.get(kind, len(axes))].tolist())
+            for i, axis in enumerate(axes):
+                self.gates[axis.name] = FixedGate(torch.tensor([float(i in kept)]))
+        self.gates.refresh()
+        return self.structure()
+
+    # -- fold ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def kept(self) -> dict[str, torch.Tensor]:
+        """Indices of the teacher units each axis keeps under the deterministic gates."""
+        return kept_indices(self.axes, self.gates.deterministic())
+
+    @torch.no_grad()
+    def fold(self) -> PreTrainedModel:
+        """The dense student: gates multiplied into weights, pruned units sliced away.
+
+        In eval mode its outputs equal ``model``'s on the kept hidden units. Stock class when a
+        stock config can express it (unless the recipe asks otherwise), else the heterogeneous twin.
+        """
+        values = self.gates.deterministic()
+        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith(GATES_ATTR)}
+        folded = fold_state_dict(state, self.axes, values)
+        sizes = {name: int(idx.numel()) for name, idx in folded.kept.items()}
+        if sizes.get("hidden", 1) == 0:
+            raise TargetError("the hidden gate keeps no unit; nothing of the residual stream is left to fold")
+        stock = self._export_stock(sizes)
+        config = self.adapter.student_config(sizes, stock=stock)
+        student = self.adapter.student_class(stock)(config, **self.adapter.student_init_kwargs())
+        student.load_state_dict(folded.state_dict, strict=True)
+        student.to(next(self.model.parameters()).dtype).eval()
+        student.compression_record = {
+            "teacher": self.teacher_name,
+            "teacher_class": type(self.model).__name__,
+            "recipe": self.recipe.to_dict(),
+            "structure": self.structure().to_dict(),
+            "kept_indices": {name: idx.tolist() for name, idx in folded.kept.items() if idx.numel() < self._axis_size(name)},
+        }
+        return student
+
+    def _axis_size(self, name: str) -> int:
+        return next(a.size for a in self.axes if a.name == name)
+
+    def _export_stock(self, sizes: Mapping[str, int]) -> bool:
+        fmt = self.recipe.export["format"]
+        expressible = self.adapter.is_stock_shape(sizes)
+        if fmt == "stock" and not expressible:
+            raise TargetError(
+                "export.format is 'stock' but the student is not uniform (per-layer sizes differ, a "
+                "sublayer was removed, or heads x head size != hidden); use export.format=auto"
+            )
+        return expressible and fmt != "heterogeneous"
+
+
+def attach(teacher: PreTrainedModel, recipe: Recipe | str | Path) -> CompressionJob:
+    """Attach the recipe's gates to a copy of ``teacher`` (the teacher itself is never modified)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    return CompressionJob(teacher, recipe)

@@ -1,0 +1,42 @@
+"""The kept structure of a compression job: sizes per axis and the parameter counts they imply."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Kept units per axis and the student's parameter counts, predicted without folding."""
+
+    sizes: dict[str, int]
+    parameters: int
+    encoder_parameters: int
+    teacher_parameters: int
+    teacher_encoder_parameters: int
+
+    @property
+    def encoder_sparsity(self) -> float:
+        """Fraction of the teacher's encoder parameters removed."""
+        return 1.0 - self.encoder_parameters / self.teacher_encoder_parameters
+
+    def per_layer(self, kind: str) -> list[int]:
+        """Kept units of a per-layer axis kind (``heads``, ``ffn``, ``attention``, ``mlp``), by layer."""
+        found = {int(name.split(".")[1]): n for name, n in self.sizes.items() if name.endswith(f".{kind}")}
+        return [found[i] for i in sorted(found)]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "encoder_sparsity": round(self.encoder_sparsity, 6)}
+
+    def summary(self) -> str:
+        """A short human-readable table of the kept structure."""
+        lines = [
+            f"hidden: {self.sizes.get('hidden', '-')}",
+            f"heads per layer: {self.per_layer('heads')}",
+            f"ffn per layer: {self.per_layer('ffn')}",
+            f"attention kept: {self.per_layer('attention')}  mlp kept: {self.per_layer('mlp')}",
+            f"parameters: {self.teacher_parameters:,} -> {self.parameters:,}",
+            f"encoder parameters: {self.teacher_encoder_parameters:,} -> {self.encoder_parameters:,} "
+            f"({self.encoder_sparsity:.1%} removed)",
+        ]
+        return "\n".join(lines)

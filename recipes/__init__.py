@@ -1,0 +1,1 @@
+"""Bundled YAML recipes; load them with ``compress.load_recipe(name)``."""

