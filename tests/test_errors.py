@@ -25,6 +25,12 @@ def test_unsupported_bert_head_is_an_error_too():
         compress.attach(model, "bert-l0")
 
 
+def test_bert_decoder_is_refused():
+    model = transformers.BertModel(tiny_bert_config(is_decoder=True))
+    with pytest.raises(compress.UnsupportedModelError, match="decoder.*is_decoder=False"):
+        compress.attach(model, "bert-l0")
+
+
 def test_unknown_recipe_key_suggests_the_right_one():
     recipe = compress.load_recipe("bert-l0")
     with pytest.raises(compress.RecipeError, match=r"unknown key 'prune.target_sparsty'.*Did you mean 'prune.target_sparsity'"):

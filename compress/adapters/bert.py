@@ -8,6 +8,7 @@ import transformers
 from transformers import BertConfig, PretrainedConfig, PreTrainedModel
 
 from compress.adapters.base import FamilyAdapter
+from compress.errors import UnsupportedModelError
 from compress.students import modeling_compressed_bert as students
 from reparam import Axis, GateSite, TensorDim
 
@@ -29,6 +30,11 @@ class BertAdapter(FamilyAdapter):
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
         self.config: BertConfig = model.config
+        if self.config.is_decoder or self.config.add_cross_attention:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} is configured as a decoder (is_decoder / add_cross_attention); "
+                "only bidirectional BERT encoders are supported: load it with is_decoder=False"
+            )
         self.prefix = "" if type(model).__name__ == "BertModel" else "bert."
         self.base = model if not self.prefix else model.bert
         self.head_dim = self.config.hidden_size // self.config.num_attention_heads
