@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from compress.errors import CompressError
+from compress.errors import CompressError, Interrupted
 from compress.export import RECORD_FILE
 from compress.recipe import bundled_recipes, load_recipe
 
@@ -22,10 +22,12 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from compress.pipeline import run
+    from compress.pipeline import is_main_process, run
 
     recipe = load_recipe(args.recipe).override(dict(_parse_override(o) for o in args.overrides))
-    out = run(recipe, teacher=args.teacher, out=args.out, overwrite=args.overwrite)
+    out = run(recipe, teacher=args.teacher, data=args.data, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    if not is_main_process():
+        return 0
     record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
     structure = record["structure"]
     print(f"student written to {out} ({record['format']} config, model_type {record['model_type']})")
@@ -57,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="compress a teacher with a recipe and export the student")
     run.add_argument("recipe", help="bundled recipe name (see `compress recipes`) or path to a .yaml file")
     run.add_argument("--teacher", help="Hugging Face model folder (default: the MiniLM teacher of the demo extra)")
+    run.add_argument("--data", help="text corpus: a .txt/.jsonl/.csv/.parquet file, a save_to_disk folder, or a hub "
+                     "dataset id (default: the recipe's data.text, the built-in python-docs corpus)")
     run.add_argument("--out", help="output folder (default: ./<recipe name>-student)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. prune.target_sparsity=0.6")
     run.set_defaults(func=_cmd_run)
     recipes = sub.add_parser("recipes", help="list the bundled recipes")
@@ -77,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
+    except Interrupted as err:
+        print(f"compress: {err}", file=sys.stderr)
+        return 130
     except CompressError as err:
         print(f"compress: error: {err}", file=sys.stderr)
         return 2

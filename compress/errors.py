@@ -19,3 +19,11 @@ class OutputDirError(CompressError, FileExistsError):
 
 class TargetError(CompressError, ValueError):
     """A size target that the teacher cannot meet (e.g. larger than the teacher)."""
+
+
+class DataError(CompressError, ValueError):
+    """Text data that cannot be loaded, has no usable text column, or is too small for the task."""
+
+
+class Interrupted(CompressError):
+    """A run stopped by a signal after saving a checkpoint; resuming continues it."""

@@ -18,6 +18,13 @@ from pruners.allocation import uniform_sizes
 from reparam import Axis, fold_state_dict, install_gates, kept_indices
 
 GATES_ATTR = "compress_gates"
+#: Modules the library attaches to a model (gates, distillation heads, the Lagrangian) start with this.
+ATTACHED_PREFIX = "compress_"
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own tensors, without the modules the library attached to it."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(ATTACHED_PREFIX)}
 
 
 class CompressionJob:
@@ -36,6 +43,7 @@ class CompressionJob:
         self.adapter: FamilyAdapter = adapter_cls(self.model)
         self.axes: list[Axis] = self.adapter.axes()
         self._shapes = {name: tuple(p.shape) for name, p in self.model.named_parameters()}
+        self._teacher_encoder = self.count({a.name: a.size for a in self.axes}, encoder_only=True)
         self._check_target()
         gated_kinds = recipe.prune["axes"]
         self.gates = GateSet({a.name: HardConcreteGate(a.size) for a in self.axes if a.kind in gated_kinds})
@@ -59,6 +67,52 @@ class CompressionJob:
         """Parameters of the student whose axes keep ``sizes`` (axis name -> units)."""
         include = self.adapter.is_encoder if encoder_only else None
         return int(count_parameters(self._shapes, self.axes, sizes, include=include))
+
+    def expected_sparsity(self) -> torch.Tensor:
+        """Expected fraction of encoder parameters removed, differentiable in the gate parameters.
+
+        Each gated axis contributes its expected number of kept units; the count multiplies them
+        exactly as the fold removes tensors (heads x hidden, sublayer ownership), so it converges to
+        the folded student's sparsity as the gates harden.
+        """
+        sizes = {name: self.gates[name].expected_kept() for name in self.gates.names()}
+        expected = count_parameters(self._shapes, self.axes, sizes, include=self.adapter.is_encoder)
+        return 1.0 - expected / self._teacher_encoder
+
+    @torch.no_grad()
+    def snap_to(self, target_sparsity: float, tolerance: float = 0.005) -> float:
+        """Shift how many units the learned gates keep so the structure meets the target exactly.
+
+        The Lagrangian brings the expected size near the target; rounding and a short run can leave
+        the deterministic structure off by more. A ``count_shift`` shared by every HardConcrete gate
+        (binary search) moves the kept counts, keeping the highest-``log_alpha`` units and their
+        values; if whole hidden units or heads are too coarse a step, a second shift on the FFN gates
+        alone refines it. Returns the shared shift (0 when already within ``tolerance``).
+        """
+        learned = [a for a in self.axes if a.name in self.gates.names() and isinstance(self.gates[a.name], HardConcreteGate)]
+        if not learned or abs(self.structure().encoder_sparsity - target_sparsity) <= tolerance:
+            return 0.0
+        shift = self._search_shift([self.gates[a.name] for a in learned], 0.0, target_sparsity)
+        fine = [self.gates[a.name] for a in learned if a.kind == "ffn"]
+        if fine and abs(self.structure().encoder_sparsity - target_sparsity) > tolerance:
+            self._search_shift(fine, shift, target_sparsity)
+        return shift
+
+    def _search_shift(self, gates: list[HardConcreteGate], base: float, target: float) -> float:
+        """Binary search of the extra count shift on ``gates`` whose structure is closest to ``target``."""
+
+        def sparsity_at(extra: float) -> float:
+            for gate in gates:
+                gate.count_shift.fill_(base + extra)
+            return self.structure().encoder_sparsity
+
+        low, high = -30.0, 30.0
+        for _ in range(40):
+            middle = (low + high) / 2
+            low, high = (middle, high) if sparsity_at(middle) < target else (low, middle)
+        best = min((low, high), key=lambda extra: abs(sparsity_at(extra) - target))
+        sparsity_at(best)
+        return base + best
 
     def _sizes_by_kind(self, by_kind: Mapping[str, int]) -> dict[str, int]:
         return {a.name: by_kind[a.kind] for a in self.axes if a.kind in by_kind}
@@ -106,7 +160,7 @@ class CompressionJob:
         if target is None:
             target = self.recipe.prune["target"] or self.recipe.prune["target_sparsity"]
         by_kind = self._target_kind_sizes(target)
-        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith(GATES_ATTR)}
+        state = model_state(self.model)
         unit_axes: dict[str, list[Axis]] = {}
         for axis in self.axes:
             if axis.name not in self.gates.names():
@@ -139,7 +193,7 @@ class CompressionJob:
         stock config can express it (unless the recipe asks otherwise), else the heterogeneous twin.
         """
         values = self.gates.deterministic()
-        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith(GATES_ATTR)}
+        state = model_state(self.model)
         folded = fold_state_dict(state, self.axes, values)
         sizes = {name: int(idx.numel()) for name, idx in folded.kept.items()}
         if sizes.get("hidden", 1) == 0:

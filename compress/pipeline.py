@@ -1,59 +1,253 @@
-"""``compress.run``: the whole job from a recipe to an exported student."""
+"""``compress.run``: the whole job from a recipe to an exported student.
+
+Stage 1 trains the gates (and the weights) with distillation under the Lagrangian size controller;
+the gated model is folded; stage 2 distils the dense student; the student is exported. Each stage
+checkpoints into ``OUT/checkpoints/<stage>`` so an interrupted run continues with ``resume=True``.
+With ``train.max_steps = 0`` the structure is chosen one-shot by weight magnitude instead.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+import torch
+from transformers import PreTrainedModel, TrainingArguments, set_seed
 
-from compress.export import check_output_dir, save_student
-from compress.job import attach
+from compress.data import text_datasets
+from compress.distill import DistillationLoss
+from compress.errors import CompressError, Interrupted, OutputDirError
+from compress.evaluate import embedding_fidelity, held_out_sentences
+from compress.export import RECORD_FILE, check_output_dir, save_student
+from compress.job import CompressionJob, attach
 from compress.recipe import Recipe, load_recipe
 from compress.teachers import default_teacher_path, load_teacher
+from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
+from pruners.lagrangian import LagrangianController
+from pruners.schedules import resolve_schedule
 
 logger = logging.getLogger(__name__)
+CHECKPOINTS = "checkpoints"
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def prepare_output(out: Path, overwrite: bool, resume: bool, protected: list) -> None:
+    """Check the output folder: empty, an unfinished run to resume, or explicitly overwritten."""
+    if resume and overwrite:
+        raise OutputDirError("pass either resume (continue the run in OUT) or overwrite (start again), not both")
+    if resume:
+        if not (out / CHECKPOINTS).is_dir():
+            raise OutputDirError(f"nothing to resume in {out}: it holds no {CHECKPOINTS}/ folder of an earlier run")
+        return
+    try:
+        check_output_dir(out, overwrite=False, protected=protected)
+    except OutputDirError:
+        if not overwrite:
+            if (out / CHECKPOINTS).is_dir():
+                raise OutputDirError(
+                    f"output directory {out} holds an earlier run; continue it with --resume (resume=True) "
+                    "or start again with --overwrite"
+                ) from None
+            raise
+        check_output_dir(out, overwrite=True, protected=protected)
+        shutil.rmtree(out)
+
+
+def _training_args(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) -> TrainingArguments:
+    train = recipe.train
+    steps, lr = (train["max_steps"], train["lr"]) if stage == "prune" else (recipe.finetune["max_steps"], recipe.finetune["lr"])
+    return TrainingArguments(
+        output_dir=str(stage_dir),
+        max_steps=steps,
+        per_device_train_batch_size=train["batch_size"],
+        gradient_accumulation_steps=train["grad_accum"],
+        learning_rate=lr,
+        warmup_steps=train["warmup_steps"],
+        lr_scheduler_type="constant_with_warmup" if stage == "prune" else "linear",
+        logging_steps=train["logging_steps"],
+        logging_first_step=True,
+        save_steps=train["save_steps"],
+        save_total_limit=2,
+        report_to="none",
+        seed=train["seed"],
+        data_seed=train["seed"],
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        # Without use_cpu, transformers does not start DDP on a CPU-only machine under torchrun.
+        use_cpu=not torch.cuda.is_available(),
+        # The distillation heads and multipliers are used outside the model's forward; every trainable
+        # parameter gets exactly one gradient per step, which DDP checks without a graph search.
+        ddp_find_unused_parameters=False,
+    )
+
+
+def last_complete_checkpoint(stage_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing (its trainer state is written last).
+
+    A run killed while saving leaves a partial folder behind; resuming skips it.
+    """
+    found = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]), reverse=True)
+    for checkpoint in found:
+        if (checkpoint / "trainer_state.json").is_file():
+            return str(checkpoint)
+        logger.warning("skipping incomplete checkpoint %s", checkpoint)
+    return None
+
+
+def _train_stage(trainer: CompressionTrainer, stage_dir: Path, resume: bool, stopper: StopOnSignal) -> list[dict]:
+    checkpoint = last_complete_checkpoint(stage_dir) if resume else None
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    trainer.add_callback(stopper)
+    stopper.install()
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stopper.uninstall()
+    if stopper.received is not None:
+        raise Interrupted(
+            f"interrupted at step {trainer.state.global_step}; a checkpoint is in {stage_dir}. "
+            "Continue with the same command plus --resume"
+        )
+    return trainer.state.log_history
+
+
+def _target_sparsity(job: CompressionJob) -> float:
+    """The recipe's target as a fraction of encoder parameters (explicit sizes are converted)."""
+    prune = job.recipe.prune
+    if prune["target"] is None:
+        return prune["target_sparsity"]
+    sizes = {a.name: a.size for a in job.axes}
+    sizes.update(job._sizes_by_kind(prune["target"]))
+    return 1.0 - job.count(sizes, encoder_only=True) / job.count({a.name: a.size for a in job.axes}, encoder_only=True)
+
+
+def _load_teacher(teacher: PreTrainedModel | str | Path | None, processor: Any) -> tuple[PreTrainedModel, Any]:
+    if isinstance(teacher, PreTrainedModel):
+        return teacher, processor
+    model, tokenizer = load_teacher(teacher)
+    return model, processor or tokenizer
 
 
 def run(
     recipe: Recipe | str | Path,
     teacher: PreTrainedModel | str | Path | None = None,
+    data: str | Path | None = None,
     out: str | Path | None = None,
     processor: Any = None,
     overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Compress ``teacher`` (default: the MiniLM teacher) with ``recipe`` and export to ``out``.
+    """Compress ``teacher`` (default: the MiniLM teacher) with ``recipe`` on ``data``; export to ``out``.
 
-    This version selects a one-shot structure that meets the recipe's target by weight magnitude
-    (no training steps yet), folds it and exports the student. Returns the output folder.
+    ``data`` defaults to the recipe's ``data.text`` (the built-in ``python-docs`` corpus). Returns the
+    output folder, which holds the student (loadable with ``AutoModel.from_pretrained``), its
+    tokenizer, ``compression.json`` and the run's checkpoints.
     """
+    started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if overrides:
         recipe = recipe.override(overrides)
     out = Path(out) if out is not None else Path(f"{recipe.name}-student")
     teacher_dir = None if isinstance(teacher, PreTrainedModel) else (teacher or default_teacher_path())
-    check_output_dir(out, overwrite, protected=[teacher_dir] if teacher_dir else [])
-    stages = tqdm(total=4, desc=f"compress {recipe.name}", disable=not progress, unit="stage")
-    stages.set_postfix_str("load teacher")
-    if teacher_dir is not None:
-        teacher, tokenizer = load_teacher(teacher_dir)
-        processor = processor or tokenizer
-    stages.update()
-    stages.set_postfix_str("attach + select structure")
+    if is_main_process():
+        prepare_output(out, overwrite, resume, protected=[teacher_dir] if teacher_dir else [])
+    teacher, processor = _load_teacher(teacher, processor)
+    train, seed = recipe.train, recipe.train["seed"]
+    trains = train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
+    if processor is None and trains:
+        raise CompressError("training needs the teacher's tokenizer: pass processor=tokenizer (or a teacher folder with one)")
+    set_seed(seed)
+    train_blocks, sentences = None, []
+    if processor is not None:
+        train_blocks, _, held_texts = text_datasets(
+            data or recipe.data["text"], processor, train["seq_len"], recipe.data["held_out"], seed, recipe.data["column"]
+        )
+        sentences = held_out_sentences(held_texts)
     job = attach(teacher, recipe)
-    structure = job.prune_to()
-    stages.update()
-    stages.set_postfix_str("fold")
+    width = teacher.config.hidden_size
+    distillation = DistillationLoss(recipe.distill, width, width)
+    stopper = StopOnSignal()
+    logs: dict[str, list[dict]] = {}
+    target = _target_sparsity(job)
+    uses_head = recipe.distill["logits_kl"] > 0 or recipe.distill["task"] > 0
+    trainable = None if uses_head else job.adapter.is_backbone
+    if train["max_steps"] > 0:
+        controller = LagrangianController(target, resolve_schedule(recipe.prune["schedule"]))
+        stage_dir = out / CHECKPOINTS / "prune"
+        trainer = CompressionTrainer(
+            model=job.model,
+            args=_training_args(recipe, stage_dir, "prune", progress),
+            train_dataset=train_blocks,
+            teacher=teacher,
+            distillation=distillation,
+            job=job,
+            controller=controller,
+            gate_lr=train["gate_lr"],
+            lambda_lr=train["lambda_lr"],
+            trainable=trainable,
+        )
+        logs["prune"] = _train_stage(trainer, stage_dir, resume, stopper)
+        distillation = getattr(job.model, DISTILL_ATTR)
+        learned = job.structure().encoder_sparsity
+        metrics = {"sparsity_learned": learned, "snap_shift": job.snap_to(target)}
+    else:
+        job.prune_to()
+        metrics = {}
+    job.model.eval()
     student = job.fold()
-    stages.update()
-    stages.set_postfix_str("export")
-    save_student(student, out, processor=processor, overwrite=overwrite)
-    stages.update()
-    stages.close()
-    logger.info("kept structure:\n%s", structure.summary())
+    metrics["encoder_sparsity"] = job.structure().encoder_sparsity
+    if sentences:
+        metrics["fidelity_after_prune"] = embedding_fidelity(teacher, student, processor, sentences)
+    if recipe.finetune["max_steps"] > 0:
+        stage_dir = out / CHECKPOINTS / "finetune"
+        trainer = CompressionTrainer(
+            model=student,
+            args=_training_args(recipe, stage_dir, "finetune", progress),
+            train_dataset=train_blocks,
+            teacher=teacher,
+            distillation=distillation.fold(job.kept()["hidden"]),
+            trainable=trainable,
+        )
+        logs["finetune"] = _train_stage(trainer, stage_dir, resume, stopper)
+        delattr(student, DISTILL_ATTR)
+        student.eval()
+        metrics["fidelity_after_finetune"] = embedding_fidelity(teacher, student, processor, sentences)
+    metrics.update(target_sparsity=target, held_out_sentences=len(sentences), minutes=(time.perf_counter() - started) / 60)
+    if is_main_process():
+        _export(student, out, processor, metrics, logs)
+    _barrier()
     return out
+
+
+def _export(student: PreTrainedModel, out: Path, processor: Any, metrics: dict, logs: dict) -> None:
+    """Write the student into ``out`` beside the checkpoints (the folder then loads as a model)."""
+    staged = save_student(student, out / CHECKPOINTS / "student", processor=processor, overwrite=True, record={"metrics": metrics})
+    for item in staged.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    staged.rmdir()
+    if not any((out / CHECKPOINTS).iterdir()):
+        (out / CHECKPOINTS).rmdir()
+    (out / "training_log.json").write_text(json.dumps(logs, indent=2) + "\n", encoding="utf-8")
+    record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
+    logger.info("student written to %s: %s", out, record["structure"]["sizes"].get("hidden"))

@@ -47,6 +47,10 @@ def _fraction(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else "must be in [0, 1): the fraction of encoder parameters removed"
 
 
+def _fraction_open(v: Any) -> str | None:
+    return None if 0.0 < v < 1.0 else "must be in (0, 1)"
+
+
 def _axis_kinds(v: list) -> str | None:
     bad = [k for k in v if k not in AXIS_KINDS]
     if bad or not v:
@@ -97,19 +101,35 @@ SCHEMA: dict[str, Any] = {
         "layers": Field((list,), [], check=_layer_pairs),
         "hidden_l1": Field(FLOAT, 1.0, check=_at_least(0.0)),
         "hidden_cos": Field(FLOAT, 1.0, check=_at_least(0.0)),
+        "hidden_mse": Field(FLOAT, 0.0, check=_at_least(0.0)),
+        "logits_kl": Field(FLOAT, 0.0, check=_at_least(0.0)),
+        "temperature": Field(FLOAT, 1.0, check=_positive),
+        "attention_relation": Field(FLOAT, 0.0, check=_at_least(0.0)),
+        "relation_heads": Field(INT, 12, check=_at_least(1)),
+        "task": Field(FLOAT, 0.0, check=_at_least(0.0)),
     },
     "train": {
-        "max_steps": Field(INT, 2000, check=_at_least(0)),
+        "max_steps": Field(INT, 400, check=_at_least(0)),
         "lr": Field(FLOAT, 2.0e-4, check=_positive),
-        "gate_lr": Field(FLOAT, 0.02, check=_positive),
+        "gate_lr": Field(FLOAT, 0.1, check=_positive),
+        "lambda_lr": Field(FLOAT, 0.1, check=_positive),
+        "warmup_steps": Field(INT, 0, check=_at_least(0)),
         "batch_size": Field(INT, 16, check=_at_least(1)),
-        "seq_len": Field(INT, 128, check=_at_least(1)),
+        "grad_accum": Field(INT, 1, check=_at_least(1)),
+        "seq_len": Field(INT, 64, check=_at_least(8)),
+        "logging_steps": Field(INT, 10, check=_at_least(1)),
+        "save_steps": Field(INT, 50, check=_at_least(1)),
+        "seed": Field(INT, 0, check=_at_least(0)),
     },
     "finetune": {
-        "max_steps": Field(INT, 1000, check=_at_least(0)),
+        "max_steps": Field(INT, 200, check=_at_least(0)),
         "lr": Field(FLOAT, 1.0e-4, check=_positive),
     },
-    "data": {"text": Field(STR, "python-docs")},
+    "data": {
+        "text": Field(STR, "python-docs"),
+        "column": Field(STR, None, nullable=True),
+        "held_out": Field(FLOAT, 0.1, check=_fraction_open),
+    },
     "export": {"format": Field(STR, "auto", check=_one_of(EXPORT_FORMATS))},
 }
 

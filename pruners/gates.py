@@ -55,11 +55,13 @@ class HardConcreteGate(Gate):
         self.low, self.high = stretch
         mean = math.log(init_keep / (1.0 - init_keep))
         self.log_alpha = nn.Parameter(torch.randn(size) * init_std + mean)
+        # Shift of log_alpha used only to count the units kept at evaluation (see ``snap``).
+        self.register_buffer("count_shift", torch.zeros(()))
 
-    def expected_kept(self) -> torch.Tensor:
-        """Sum over units of P(z > 0), the expected L0 norm."""
+    def expected_kept(self, count_shift: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """Sum over units of P(z > 0), the expected L0 norm (of ``log_alpha - count_shift``)."""
         shift = self.temperature * math.log(-self.low / self.high)
-        return torch.sigmoid(self.log_alpha - shift).sum()
+        return torch.sigmoid(self.log_alpha - count_shift - shift).sum()
 
     def sample(self) -> torch.Tensor:
         """A reparameterised hard-concrete sample (gradients reach ``log_alpha``)."""
@@ -73,8 +75,10 @@ class HardConcreteGate(Gate):
 
         This is the evaluation rule of CoFi / DPHuBERT: the kept count equals the expected L0 norm,
         kept units carry sigmoid(0.8 * log_alpha / beta), which the fold multiplies into weights.
+        A non-zero ``count_shift`` (set when snapping a structure to an exact size) changes only how
+        many units are kept, never the values of the kept ones.
         """
-        num_zeros = round(self.size - float(self.expected_kept().detach()))
+        num_zeros = round(self.size - float(self.expected_kept(self.count_shift).detach()))
         soft = torch.sigmoid(self.log_alpha / self.temperature * 0.8)
         if num_zeros <= 0:
             return soft

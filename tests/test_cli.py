@@ -22,8 +22,13 @@ def _compress(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+# One-shot structure (no training steps): the CLI path end to end in seconds. The trained default
+# run is covered by tests/test_driver.py and the slow end-to-end test.
+ONE_SHOT = ("train.max_steps=0", "finetune.max_steps=0")
+
+
 def test_run_default_teacher_writes_a_loadable_half_size_student(tmp_path, minilm, sentences):
-    proc = _compress("run", "bert-l0", "--out", "student", cwd=tmp_path)
+    proc = _compress("run", "bert-l0", "--out", "student", *ONE_SHOT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "student written to student (stock config, model_type bert)" in proc.stdout
     out = tmp_path / "student"
@@ -37,9 +42,9 @@ def test_run_default_teacher_writes_a_loadable_half_size_student(tmp_path, minil
     assert torch.equal(student.embeddings.word_embeddings.weight, teacher.embeddings.word_embeddings.weight[:, kept])
     assert transformers.AutoTokenizer.from_pretrained(out)(sentences)["input_ids"] == tokenizer(sentences)["input_ids"]
 
-    again = _compress("run", "bert-l0", "--out", "student", cwd=tmp_path)
+    again = _compress("run", "bert-l0", "--out", "student", *ONE_SHOT, cwd=tmp_path)
     assert again.returncode == 2 and "is not empty" in again.stderr and "--overwrite" in again.stderr
-    overridden = _compress("run", "bert-l0", "--out", "student", "--overwrite", "prune.target_sparsity=0.75", cwd=tmp_path)
+    overridden = _compress("run", "bert-l0", "--out", "student", "--overwrite", "prune.target_sparsity=0.75", *ONE_SHOT, cwd=tmp_path)
     assert overridden.returncode == 0, overridden.stderr[-2000:]
     record = json.loads((out / "compression.json").read_text())
     assert abs(record["structure"]["encoder_sparsity"] - 0.75) <= 0.01
@@ -49,7 +54,7 @@ def test_run_with_a_teacher_folder_and_a_bad_override(tmp_path):
     teacher_dir = tmp_path / "teacher"
     config = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40)
     transformers.BertForMaskedLM(config).save_pretrained(teacher_dir)
-    proc = _compress("run", "bert-l0", "--teacher", str(teacher_dir), "--out", "s", "prune.target_sparsity=0.3", cwd=tmp_path)
+    proc = _compress("run", "bert-l0", "--teacher", str(teacher_dir), "--out", "s", "prune.target_sparsity=0.3", *ONE_SHOT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = compress.load_student(tmp_path / "s")
     assert type(student).__name__ in ("BertForMaskedLM", "CompressedBertForMaskedLM")

@@ -12,7 +12,7 @@ def test_bundled_recipe_loads_with_its_values():
     assert "bert-l0" in compress.bundled_recipes()
     assert recipe.name == "bert-l0" and recipe.family == "bert"
     assert recipe.prune["axes"] == ["hidden", "heads", "ffn", "attention", "mlp"]
-    assert recipe["prune.target_sparsity"] == 0.5 and recipe["train.gate_lr"] == 0.02
+    assert recipe["prune.target_sparsity"] == 0.5 and recipe["train.gate_lr"] == 0.1
     assert recipe.export["format"] == "auto"
 
 
@@ -30,7 +30,7 @@ def test_file_recipe_gets_defaults(tmp_path):
     path.write_text("name: small\nprune: {axes: [heads, ffn], target_sparsity: 0.3}\n")
     recipe = compress.load_recipe(path)
     assert recipe.family == "bert" and recipe.prune["method"] == "l0"
-    assert recipe["train.seq_len"] == 128
+    assert recipe["train.seq_len"] == 64 and recipe["data.held_out"] == 0.1
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,10 @@ class FamilyAdapter(ABC):
         """Whether a parameter counts as an encoder parameter (the size target's unit)."""
 
     @abstractmethod
+    def is_backbone(self, name: str) -> bool:
+        """Whether a parameter belongs to the embeddings or the encoder (not the pooler or a head)."""
+
+    @abstractmethod
     def kind_limits(self) -> dict[str, int]:
         """The teacher's size for each axis kind (per layer where the kind is per layer)."""
 

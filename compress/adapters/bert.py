@@ -99,6 +99,9 @@ class BertAdapter(FamilyAdapter):
     def is_encoder(self, name: str) -> bool:
         return name.startswith(f"{self.prefix}encoder.")
 
+    def is_backbone(self, name: str) -> bool:
+        return name.startswith((f"{self.prefix}embeddings.", f"{self.prefix}encoder."))
+
     def kind_limits(self) -> dict[str, int]:
         cfg = self.config
         return {

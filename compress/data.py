@@ -1,0 +1,213 @@
+"""Text data for distillation and evaluation: load a corpus, split it by document, pack it into blocks.
+
+Every loader returns a ``datasets.Dataset`` with one column, ``text``, one document per row, so
+training and evaluation see the same shape whatever the source.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, DatasetDict
+from datasets.exceptions import DatasetsError
+
+from compress.errors import DataError
+
+BUILTIN = "python-docs"
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TEXT_SUFFIX = ".txt"
+SUPPORTED = "a .txt, .jsonl, .json, .csv or .parquet file, or a folder written by Dataset.save_to_disk"
+PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def load_texts(source: str | Path = BUILTIN, column: str | None = None) -> Dataset:
+    """Load a corpus as a Dataset with one ``text`` column, one non-blank document per row.
+
+    ``source`` is ``"python-docs"`` (the CPython documentation topics, always available offline),
+    a file (.txt with blank-line separated paragraphs, .jsonl/.json, .csv, .parquet), a folder
+    written by ``save_to_disk``, or a hub dataset id (``name`` or ``owner/name``). ``column``
+    names the text column (default ``text``).
+    """
+    if isinstance(source, str) and source == BUILTIN:
+        raw = _python_docs()
+    else:
+        raw = _load_raw(source)
+    return _text_column(raw, column or "text", str(source))
+
+
+def _python_docs() -> Dataset:
+    """The Python documentation topics shipped with CPython, one row per topic, sorted by name."""
+    from pydoc_data.topics import topics
+
+    return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
+
+
+def _load_raw(source: str | Path) -> Dataset:
+    """Dispatch on what ``source`` is: a folder, a file, a missing path, or a hub id."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_folder(path)
+    if path.is_file():
+        return _load_file(path)
+    if _looks_like_path(source):
+        raise DataError(f"no such file or folder: {path}; check the path, or pass {SUPPORTED}")
+    return _load_hub(str(source))
+
+
+def _looks_like_path(source: str | Path) -> bool:
+    """True for a Path, a known file suffix, or text that cannot be a hub id (``name``/``owner/name``)."""
+    if isinstance(source, Path):
+        return True
+    suffix = Path(source).suffix.lower()
+    return suffix in FILE_BUILDERS or suffix == TEXT_SUFFIX or not HUB_ID.fullmatch(source)
+
+
+def _load_file(path: Path) -> Dataset:
+    """Read one file by its suffix: paragraphs of a .txt, or rows of a json/csv/parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == TEXT_SUFFIX:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path} is not UTF-8 text ({err}); convert it to UTF-8") from err
+        return Dataset.from_dict({"text": [p.strip() for p in PARAGRAPH_BREAK.split(text)]})
+    builder = FILE_BUILDERS.get(suffix)
+    if builder is None:
+        raise DataError(f"cannot read {path}: unknown format {suffix or '(no suffix)'}; pass {SUPPORTED}")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except (DatasetsError, OSError, ValueError) as err:
+        raise DataError(f"could not read {path} as {builder} ({err}); check that it is valid {builder}") from err
+
+
+def _load_folder(path: Path) -> Dataset:
+    """Load a ``save_to_disk`` folder; a DatasetDict gives its ``train`` split."""
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError as err:
+        raise DataError(f"{path} is not a folder written by save_to_disk; pass {SUPPORTED}") from err
+    if isinstance(loaded, DatasetDict):
+        if "train" not in loaded:
+            raise DataError(
+                f"{path} holds a DatasetDict without a 'train' split (splits: {', '.join(loaded)}); "
+                "save the split to train on under the name 'train', or save it alone with Dataset.save_to_disk"
+            )
+        return loaded["train"]
+    return loaded
+
+
+def _load_hub(name: str) -> Dataset:
+    """The ``train`` split of a hub dataset; any failure says how to use local data instead."""
+    try:
+        return datasets.load_dataset(name, split="train")
+    except (DatasetsError, OSError, ValueError) as err:
+        raise DataError(
+            f"dataset {name!r} could not be loaded from the Hugging Face hub ({err}), and it is no local "
+            f"file or folder; this machine may be offline: pass {SUPPORTED} instead, or {BUILTIN!r}"
+        ) from err
+
+
+def _text_column(raw: Dataset, column: str, source: str) -> Dataset:
+    """Keep only ``column`` (renamed ``text``), drop blank rows, and check that text remains.
+
+    The result lives in memory, so later maps and selections never write cache files into the
+    user's ``save_to_disk`` folder (packing holds the whole token stream in memory anyway).
+    """
+    if column not in raw.column_names:
+        raise DataError(
+            f"{source} has no column {column!r} (columns: {', '.join(raw.column_names)}); "
+            "pass data.column=NAME to choose the text column"
+        )
+    feature = raw.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise DataError(
+            f"column {column!r} of {source} holds {feature}, not strings; pass data.column=NAME for a text column"
+        )
+    texts = raw.select_columns([column])
+    if column != "text":
+        texts = texts.rename_column(column, "text")
+    texts = texts.filter(_non_blank, batched=True, keep_in_memory=True).flatten_indices(keep_in_memory=True)
+    if len(texts) == 0:
+        raise DataError(f"{source} has no text: every row of column {column!r} is empty; pass a corpus with text")
+    return texts
+
+
+def _non_blank(batch: dict[str, list]) -> list[bool]:
+    """Which rows hold more than whitespace (``None`` counts as blank)."""
+    return [bool(text and text.strip()) for text in batch["text"]]
+
+
+def split_held_out(texts: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Split documents into (train, held_out) so no held-out text is ever trained on.
+
+    The split is by document, before tokenisation, chosen by a seeded permutation (the same
+    seed gives the same split); each part keeps the corpus order and holds at least one document.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"held-out fraction {fraction} is not between 0 and 1; pass a value such as 0.1")
+    count = len(texts)
+    if count < 2:
+        raise DataError(f"the corpus has {count} document(s); a held-out split needs at least 2, pass a larger corpus")
+    held = min(max(round(count * fraction), 1), count - 1)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return texts.select(sorted(order[held:])), texts.select(sorted(order[:held]))
+
+
+def pack_tokens(texts: Dataset, tokenizer: Any, seq_len: int) -> Dataset:
+    """Tokenise all documents, concatenate them and cut the stream into ``seq_len`` blocks.
+
+    Each block is ``[CLS] ... [SEP]`` around ``seq_len - 2`` tokens (no special tokens if the
+    tokenizer has none); the last partial block is dropped so every block is full and no padding
+    is needed. Columns: input_ids, attention_mask (all ones) and, if the tokenizer uses them,
+    token_type_ids (all zeros); formatted as torch tensors.
+    """
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    special = cls is not None and sep is not None
+    body = seq_len - 2 if special else seq_len
+    if body < 1:
+        raise DataError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]; pass seq_len >= 3")
+    stream = _token_stream(texts, tokenizer)
+    blocks = len(stream) // body
+    if blocks == 0:
+        raise DataError(
+            f"the corpus has {len(stream)} tokens, fewer than one block of {body}; "
+            "pass a larger corpus or a smaller seq_len"
+        )
+    ids = stream[: blocks * body].reshape(blocks, body)
+    if special:
+        ids = np.concatenate([np.full((blocks, 1), cls, ids.dtype), ids, np.full((blocks, 1), sep, ids.dtype)], 1)
+    columns = {"input_ids": ids, "attention_mask": np.ones_like(ids, dtype=np.int8)}
+    if "token_type_ids" in tokenizer.model_input_names:
+        columns["token_type_ids"] = np.zeros_like(ids, dtype=np.int8)
+    return Dataset.from_dict(columns).with_format("torch")
+
+
+def _token_stream(texts: Dataset, tokenizer: Any) -> np.ndarray:
+    """All documents' token ids (no special tokens) end to end, as one int32 array."""
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        return {"ids": tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]}
+
+    tokenized = texts.map(tokenize, batched=True, remove_columns=texts.column_names, desc="tokenising")
+    flat = pc.list_flatten(tokenized.data.column("ids"))
+    return flat.to_numpy().astype(np.int32, copy=False)
+
+
+def text_datasets(
+    source: str | Path,
+    tokenizer: Any,
+    seq_len: int,
+    held_out_fraction: float = 0.1,
+    seed: int = 0,
+    column: str | None = None,
+) -> tuple[Dataset, Dataset, Dataset]:
+    """Load ``source``, split it by document and pack both parts: (train_blocks, held_out_blocks, held_out_texts)."""
+    train_texts, held_out_texts = split_held_out(load_texts(source, column), held_out_fraction, seed)
+    return pack_tokens(train_texts, tokenizer, seq_len), pack_tokens(held_out_texts, tokenizer, seq_len), held_out_texts

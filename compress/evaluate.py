@@ -1,0 +1,139 @@
+"""Embedding fidelity: how well a student keeps the teacher's similarity structure on held-out text.
+
+Students may have a smaller hidden size than their teacher, so raw vectors are never compared;
+instead both models rank all pairs of texts by cosine similarity, and the Spearman correlation
+of those two rankings is the score (1.0: the student orders every pair as the teacher does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel
+
+from compress.errors import DataError
+
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+LETTER = re.compile(r"[^\W\d_]")
+
+
+def mean_pooled_embeddings(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    texts: list[str],
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> torch.Tensor:
+    """Mean of the last hidden layer over each text's non-padding tokens, as an (N, hidden) float tensor.
+
+    Runs ``model.base_model``, so models with heads (e.g. BertForMaskedLM) work like bare encoders
+    without computing their heads. ``output_hidden_states`` is avoided on purpose: transformers 5
+    leaves output-capturing hooks installed on a model after its first such call. Runs in eval mode
+    without gradients and restores the model's mode afterwards.
+    """
+    if not texts:
+        raise DataError("no texts to embed; pass a non-empty list of strings")
+    was_training = model.training
+    model.eval()
+    pooled = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = tokenizer(
+                    texts[start : start + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                ).to(model.device)
+                hidden = model.base_model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(pooled)
+
+
+def pairwise_cosine(emb: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every pair i < j of rows of ``emb``, flattened row by row."""
+    unit = torch.nn.functional.normalize(emb.double(), dim=1)
+    rows, cols = torch.triu_indices(len(emb), len(emb), offset=1)
+    return (unit @ unit.T)[rows, cols]
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``values``; tied values share the mean of the ranks they span."""
+    order = torch.argsort(values)
+    _, inverse, counts = torch.unique_consecutive(values[order], return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks = torch.empty(len(values), dtype=torch.float64)
+    ranks[order] = mean_rank[inverse]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (Pearson correlation of tie-averaged ranks).
+
+    Returns NaN when either input is constant, since no ranking exists then.
+    """
+    if a.dim() != 1 or a.shape != b.shape or len(a) < 2:
+        raise DataError(
+            f"spearman needs two 1-D tensors of the same length >= 2, got shapes {tuple(a.shape)} and "
+            f"{tuple(b.shape)}; pass matching vectors"
+        )
+    ra, rb = _ranks(a.detach().cpu()), _ranks(b.detach().cpu())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / torch.sqrt((ra * ra).sum() * (rb * rb).sum()))
+
+
+def embedding_fidelity(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    tokenizer: Any,
+    texts: list[str],
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> float:
+    """Spearman correlation of the teacher's and the student's pairwise cosine similarities over ``texts``.
+
+    Compares similarity structure rather than vectors, so it works across hidden sizes.
+    """
+    if len(texts) < 3:
+        raise DataError(f"embedding fidelity needs at least 3 texts, got {len(texts)}; pass more held-out texts")
+    similarities = [
+        pairwise_cosine(mean_pooled_embeddings(model, tokenizer, texts, batch_size, max_length))
+        for model in (teacher, student)
+    ]
+    return spearman(*similarities)
+
+
+def held_out_sentences(texts: Dataset, limit: int = 256, min_chars: int = 40, max_chars: int = 500) -> list[str]:
+    """Up to ``limit`` snippets from a ``text`` Dataset, in corpus order, for fidelity checks.
+
+    Each snippet is one paragraph with its whitespace collapsed and lines without letters
+    (rules, underlines) removed; snippets shorter than ``min_chars`` are skipped and longer ones
+    cut at a word boundary near ``max_chars``, keeping each within one model input.
+    """
+    return list(islice(_snippets(texts, min_chars, max_chars), limit))
+
+
+def _snippets(texts: Dataset, min_chars: int, max_chars: int) -> Iterator[str]:
+    """Every paragraph of every document that is long enough, as a snippet, lazily."""
+    for document in texts["text"]:
+        for paragraph in PARAGRAPH_BREAK.split(document):
+            snippet = _snippet(paragraph, max_chars)
+            if len(snippet) >= min_chars:
+                yield snippet
+
+
+def _snippet(paragraph: str, max_chars: int) -> str:
+    """One paragraph as a single line of text of at most ``max_chars`` characters."""
+    lines = [line for line in paragraph.splitlines() if LETTER.search(line)]
+    text = " ".join(" ".join(lines).split())
+    return text if len(text) <= max_chars else text[:max_chars].rsplit(" ", 1)[0]

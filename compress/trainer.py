@@ -1,0 +1,194 @@
+"""Hugging Face Trainer pieces for pruning with distillation; usable from a user's own Trainer script.
+
+``CompressionTrainer`` distils a student (a gated copy of the teacher, or the folded dense student)
+from the frozen teacher; with a ``CompressionJob`` and a ``LagrangianController`` it also drives the
+gates' expected size to the target. Gate parameters (``log_alpha``) and the Lagrange multipliers get
+their own learning rates. ``StopOnSignal`` turns SIGINT / SIGTERM into a checkpoint and a clean stop.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from compress.distill import DistillationLoss
+from compress.job import ATTACHED_PREFIX, CompressionJob
+from pruners.lagrangian import LagrangianController
+
+DISTILL_ATTR = "compress_distill"
+LAGRANGIAN_ATTR = "compress_lagrangian"
+
+
+class QKVCapture:
+    """Records the query / key / value projections of chosen layers during one forward pass."""
+
+    def __init__(self, model: nn.Module, layers: list[tuple[str, str, str]]) -> None:
+        self.outputs: list[list[torch.Tensor | None]] = [[None, None, None] for _ in layers]
+        self.handles = []
+        for i, names in enumerate(layers):
+            for j, name in enumerate(names):
+                self.handles.append(model.get_submodule(name).register_forward_hook(self._store(i, j)))
+
+    def _store(self, i: int, j: int):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            self.outputs[i][j] = output
+
+        return hook
+
+    def take(self) -> list[tuple[torch.Tensor, ...]]:
+        taken = [tuple(qkv) for qkv in self.outputs]
+        self.outputs = [[None, None, None] for _ in self.outputs]
+        return taken
+
+
+class CompressionTrainer(Trainer):
+    """Distil ``model`` from ``teacher``; with ``job`` and ``controller``, prune it to the target too.
+
+    ``distillation`` and ``controller`` are attached to the model as submodules, so checkpoints and
+    resume carry them (projections, multipliers and their optimiser state) like any weight. They
+    are used outside the model's forward, so under DDP pass ``ddp_find_unused_parameters=False``
+    and ``trainable`` to freeze what the loss does not reach.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher: nn.Module,
+        distillation: DistillationLoss,
+        job: CompressionJob | None = None,
+        controller: LagrangianController | None = None,
+        gate_lr: float | None = None,
+        lambda_lr: float | None = None,
+        relation_layers: tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]] | None = None,
+        trainable: Callable[[str], bool] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        model = kwargs.get("model") or args[0]
+        if trainable is not None:
+            # Weights the loss never reaches (a pooler or head under hidden-state distillation) are
+            # frozen: DDP needs every trainable parameter to get a gradient each step.
+            for name, param in model.named_parameters():
+                if not name.startswith(ATTACHED_PREFIX) and not trainable(name):
+                    param.requires_grad_(False)
+        model.add_module(DISTILL_ATTR, distillation)
+        if controller is not None:
+            model.add_module(LAGRANGIAN_ATTR, controller)
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval()
+        self.distillation = distillation
+        self.job = job
+        self.controller = controller
+        self.gate_lr = gate_lr or self.args.learning_rate
+        self.lambda_lr = lambda_lr or self.args.learning_rate
+        self._logged: dict[str, list[float]] = defaultdict(list)
+        self._captures = None
+        if relation_layers is not None:
+            self._captures = (QKVCapture(model, relation_layers[0]), QKVCapture(self.teacher, relation_layers[1]))
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW (or ``args.optim``) with separate groups: weights, gates (``log_alpha``), multipliers."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[str, dict[str, Any]] = {
+            "decay": {"params": [], "weight_decay": self.args.weight_decay},
+            "no_decay": {"params": [], "weight_decay": 0.0},
+            "gates": {"params": [], "weight_decay": 0.0, "lr": self.gate_lr},
+            "lambdas": {"params": [], "weight_decay": 0.0, "lr": self.lambda_lr},
+        }
+        for name, param in opt_model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.endswith("log_alpha"):
+                key = "gates"
+            elif name.startswith(LAGRANGIAN_ATTR):
+                key = "lambdas"
+            else:
+                key = "decay" if name in decay else "no_decay"
+            groups[key]["params"].append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls([g for g in groups.values() if g["params"]], **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        with torch.no_grad():
+            teacher_out = self.teacher(**inputs, output_hidden_states=True)
+        student_out = model(**inputs, output_hidden_states=True)
+        qkv = {}
+        if self._captures is not None:
+            qkv = {"student_qkv": self._captures[0].take(), "teacher_qkv": self._captures[1].take()}
+        parts = self.distillation(student_out, teacher_out, attention_mask=inputs.get("attention_mask"), **qkv)
+        loss = parts["loss"]
+        if self.job is not None and self.controller is not None:
+            step = self.state.global_step
+            sparsity = self.job.expected_sparsity()
+            penalty = self.controller(sparsity, step)
+            loss = loss + penalty
+            parts.update(
+                distill_loss=parts.pop("loss"),
+                expected_sparsity=sparsity,
+                target_sparsity=torch.tensor(self.controller.target_at(step)),
+                lagrangian=penalty,
+                lambda_1=self.controller.lambda_1,
+                lambda_2=self.controller.lambda_2,
+            )
+        if model.training:
+            for key, value in parts.items():
+                if key != "loss":
+                    self._logged[key].append(float(value.detach()))
+        return (loss, student_out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged loss parts (and sparsity, multipliers) since the last log to training logs."""
+        if "loss" in logs and self._logged:
+            logs.update({k: sum(v) / len(v) for k, v in self._logged.items()})
+            self._logged.clear()
+        super().log(logs, start_time)
+
+
+class StopOnSignal(TrainerCallback):
+    """On SIGINT / SIGTERM: save a checkpoint at the end of the current step and stop training.
+
+    A second signal stops at once. ``received`` tells the caller the run was interrupted.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -1,0 +1,86 @@
+"""L0 pruning with distillation inside your own Hugging Face Trainer script.
+
+The same pieces `compress run` uses: attach gates to a copy of the teacher, train with
+`CompressionTrainer` (distillation + Lagrangian size control), snap to the exact target, fold, save.
+Works as is under `torchrun --nproc_per_node 2 examples/trainer_script.py ...` (DDP).
+
+    python examples/trainer_script.py --out runs/mine --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertModel, TrainingArguments
+
+import compress
+from compress.data import text_datasets
+from compress.distill import DistillationLoss
+from compress.teachers import load_teacher
+from compress.trainer import CompressionTrainer
+from pruners.lagrangian import LagrangianController
+from pruners.schedules import linear_ramp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--tiny", action="store_true", help="a small random BERT teacher (quick checks)")
+    parser.add_argument("--dump-gates", action="store_true", help="write each rank's gates to OUT/gates-rank<r>.safetensors")
+    args = parser.parse_args()
+
+    teacher, tokenizer = load_teacher()
+    if args.tiny:
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        teacher = BertModel(config).eval()
+    layers = teacher.config.num_hidden_layers
+    recipe = compress.load_recipe("bert-l0").override(
+        {"prune.target_sparsity": args.sparsity, "distill.layers": [[i, i] for i in range(0, layers + 1, 2)]}
+    )
+    job = compress.attach(teacher, recipe)
+    train_blocks, _, _ = text_datasets("python-docs", tokenizer, seq_len=32)
+    width = teacher.config.hidden_size
+    trainer = CompressionTrainer(
+        model=job.model,
+        args=TrainingArguments(
+            output_dir=str(args.out / "checkpoints"),
+            max_steps=args.steps,
+            per_device_train_batch_size=8,
+            learning_rate=2e-4,
+            logging_steps=max(1, args.steps // 10),
+            save_steps=max(1, args.steps // 2),
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),  # lets torchrun start DDP (gloo) on CPU
+            ddp_find_unused_parameters=False,
+        ),
+        train_dataset=train_blocks,
+        teacher=teacher,
+        distillation=DistillationLoss(recipe.distill, width, width),
+        job=job,
+        controller=LagrangianController(args.sparsity, linear_ramp(0, args.steps // 2)),
+        gate_lr=0.1,
+        lambda_lr=0.1,
+        trainable=job.adapter.is_backbone,  # the pooler gets no gradient from hidden-state distillation
+    )
+    trainer.train()
+    job.snap_to(args.sparsity)
+    if args.dump_gates:
+        rank = int(os.environ.get("RANK", "0"))
+        gates = {name: job.gates[name].log_alpha.detach().contiguous() for name in job.gates.names()}
+        save_file(gates, args.out / f"gates-rank{rank}.safetensors")
+    if trainer.is_world_process_zero():
+        student = job.fold()
+        compress.save_student(student, args.out / "student", processor=tokenizer, overwrite=True)
+        print(job.structure().summary())
+
+
+if __name__ == "__main__":
+    main()

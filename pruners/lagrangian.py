@@ -1,0 +1,45 @@
+"""The Lagrangian sparsity controller of CoFi / DPHuBERT.
+
+The penalty ``l1 * (s - t) + l2 * (s - t)**2`` ties the expected sparsity ``s`` of the gates to
+the target ``t`` in force. The gates minimise it; the multipliers maximise it (gradient ascent,
+done by flipping their gradient so any optimiser can take them with their own learning rate).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pruners.schedules import Schedule
+
+
+class _Ascend(torch.autograd.Function):
+    """Identity forward, negated gradient backward: the optimiser's descent becomes ascent."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class LagrangianController(nn.Module):
+    """Penalty driving expected sparsity to ``target * schedule(step)``; parameters ``lambda_1``, ``lambda_2``."""
+
+    def __init__(self, target: float, schedule: Schedule) -> None:
+        super().__init__()
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target sparsity must be in [0, 1), got {target}")
+        self.target = target
+        self.schedule = schedule
+        self.lambda_1 = nn.Parameter(torch.zeros(()))
+        self.lambda_2 = nn.Parameter(torch.zeros(()))
+
+    def target_at(self, step: int) -> float:
+        return self.target * self.schedule(step)
+
+    def forward(self, expected_sparsity: torch.Tensor, step: int) -> torch.Tensor:
+        gap = expected_sparsity - self.target_at(step)
+        return _Ascend.apply(self.lambda_1) * gap + _Ascend.apply(self.lambda_2) * gap * gap

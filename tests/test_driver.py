@@ -1,0 +1,149 @@
+"""The training driver: size target, losses, export, resume after interruption, and DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import compress
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = shutil.which("compress") or str(Path(sys.executable).with_name("compress"))
+SHORT = {
+    "train.max_steps": 40,
+    "train.batch_size": 4,
+    "train.seq_len": 32,
+    "train.logging_steps": 2,
+    "train.save_steps": 4,
+    "finetune.max_steps": 16,
+    "prune.schedule": {"kind": "linear", "start_step": 0, "ramp_steps": 20},
+    "distill.layers": [[0, 0], [1, 1], [2, 2]],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory, minilm) -> Path:
+    """A small random BERT with the real MiniLM tokenizer, saved like a user's model folder."""
+    _, tokenizer = minilm
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
+    )
+    folder = tmp_path_factory.mktemp("teacher")
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _overrides(extra: dict | None = None) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in {**SHORT, **(extra or {})}.items()]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_short_run_meets_the_size_target_and_exports_a_loadable_student(tiny_teacher_dir, tmp_path):
+    out = compress.run("bert-l0", teacher=tiny_teacher_dir, out=tmp_path / "run", overrides=SHORT, progress=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert abs(record["structure"]["encoder_sparsity"] - 0.5) <= 0.01
+    metrics = record["metrics"]
+    assert metrics["sparsity_learned"] > 0.1, "the Lagrangian moved the gates toward the target"
+    assert -1.0 <= metrics["fidelity_after_prune"] <= 1.0 and -1.0 <= metrics["fidelity_after_finetune"] <= 1.0
+    student = transformers.AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert sum(p.numel() for p in student.parameters()) == record["student_parameters"]
+    logs = json.loads((out / "training_log.json").read_text())
+    prune = [e for e in logs["prune"] if "expected_sparsity" in e]
+    assert prune[-1]["target_sparsity"] == 0.5 and prune[-1]["lambda_2"] > 0
+    assert prune[-1]["expected_sparsity"] > 2 * prune[0]["expected_sparsity"]
+    finetune = [e["loss"] for e in logs["finetune"] if "loss" in e]
+    assert sum(finetune[-2:]) < sum(finetune[:2]), "distillation of the folded student lowers its loss"
+
+
+def test_explicit_size_target(tiny_teacher_dir, tmp_path):
+    target = {"prune.target_sparsity": None, "prune.target": {"hidden": 32, "heads": 2, "ffn": 48}}
+    out = compress.run("bert-l0", teacher=tiny_teacher_dir, out=tmp_path / "run", overrides={**SHORT, **target}, progress=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert abs(record["structure"]["encoder_sparsity"] - record["metrics"]["target_sparsity"]) <= 0.01
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([SCRIPT, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _interrupt_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, signum: int) -> tuple[int, str]:
+    deadline = time.time() + 300
+    while not checkpoint.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr
+
+
+def _student_tensors(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_to_the_same_student(tiny_teacher_dir, tmp_path, signum):
+    args = ["run", "bert-l0", "--teacher", str(tiny_teacher_dir), *_overrides()]
+    reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    proc = _start([*args, "--out", "resumed"], tmp_path)
+    code, stderr = _interrupt_after_checkpoint(proc, tmp_path / "resumed/checkpoints/prune/checkpoint-8", signum)
+    if signum == signal.SIGINT:
+        assert code == 130 and "--resume" in stderr, stderr[-2000:]
+    else:
+        assert code == -signal.SIGKILL
+    state = json.loads(max((tmp_path / "resumed/checkpoints/prune").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["global_step"] < SHORT["train.max_steps"]
+
+    refused = subprocess.run([SCRIPT, *args, "--out", "resumed"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    expected, got = _student_tensors(tmp_path / "reference"), _student_tensors(tmp_path / "resumed")
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed run ends with the same student"
+    kept = [json.loads((tmp_path / d / "compression.json").read_text())["kept_indices"] for d in ("reference", "resumed")]
+    assert kept[0] == kept[1]
+
+
+def test_two_process_ddp(tiny_teacher_dir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631"]
+    example = subprocess.run(
+        [*torchrun, str(ROOT / "examples/trainer_script.py"), "--tiny", "--steps", "4", "--out", "ex", "--dump-gates"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert example.returncode == 0, example.stderr[-3000:]
+    ranks = [load_file(tmp_path / f"ex/gates-rank{r}.safetensors") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) == 9
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "both ranks hold the same gates"
+    # log_alpha starts at logit(0.9) = 2.197 with noise std 0.01: four steps at lr 0.1 move it further.
+    assert (ranks[0]["hidden"] - 2.197).abs().max() > 0.05, "the gates trained"
+    assert example.stdout.count("encoder parameters:") == 1, "only rank 0 folds and exports"
+
+    pipeline = subprocess.run(
+        [*torchrun, "-m", "compress.cli", "run", "bert-l0", "--teacher", str(tiny_teacher_dir), "--out", "run",
+         *_overrides({"train.max_steps": 6, "finetune.max_steps": 2})],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert pipeline.returncode == 0, pipeline.stderr[-3000:]
+    assert pipeline.stdout.count("student written to run") == 1
+    record = json.loads((tmp_path / "run/compression.json").read_text())
+    assert abs(record["structure"]["encoder_sparsity"] - 0.5) <= 0.01
+    assert transformers.AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True) is not None
