@@ -137,6 +137,21 @@ def _target_sparsity(job: CompressionJob) -> float:
     return 1.0 - job.count(sizes, encoder_only=True) / job.count({a.name: a.size for a in job.axes}, encoder_only=True)
 
 
+def _relation_layers(job: CompressionJob, student: torch.nn.Module) -> tuple[list, list] | None:
+    """Q/K/V module names of the mapped layers, student and teacher side, when the recipe asks for them.
+
+    Hidden-state index ``s`` of the layer map is the output of layer ``s - 1``; layers whose attention
+    the student no longer has are left out.
+    """
+    if job.recipe.distill["attention_relation"] <= 0:
+        return None
+    modules = dict(student.named_modules())
+    pairs = [(s - 1, t - 1) for s, t in job.recipe.distill["layers"] if s > 0 and t > 0]
+    query = lambda layer: modules.get(job.adapter.attention_projections(layer)[0])  # noqa: E731
+    pairs = [(s, t) for s, t in pairs if query(s) is not None and query(s).out_features > 0]
+    return [job.adapter.attention_projections(s) for s, _ in pairs], [job.adapter.attention_projections(t) for _, t in pairs]
+
+
 def _load_teacher(teacher: PreTrainedModel | str | Path | None, processor: Any) -> tuple[PreTrainedModel, Any]:
     if isinstance(teacher, PreTrainedModel):
         return teacher, processor
@@ -203,6 +218,7 @@ def run(
             gate_lr=train["gate_lr"],
             lambda_lr=train["lambda_lr"],
             trainable=trainable,
+            relation_layers=_relation_layers(job, job.model),
         )
         logs["prune"] = _train_stage(trainer, stage_dir, resume, stopper)
         distillation = getattr(job.model, DISTILL_ATTR)
@@ -225,6 +241,7 @@ def run(
             teacher=teacher,
             distillation=distillation.fold(job.kept()["hidden"]),
             trainable=trainable,
+            relation_layers=_relation_layers(job, student),
         )
         logs["finetune"] = _train_stage(trainer, stage_dir, resume, stopper)
         delattr(student, DISTILL_ATTR)

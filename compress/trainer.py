@@ -30,11 +30,20 @@ class QKVCapture:
     """Records the query / key / value projections of chosen layers during one forward pass."""
 
     def __init__(self, model: nn.Module, layers: list[tuple[str, str, str]]) -> None:
+        self.model = model
+        self.layers = layers
         self.outputs: list[list[torch.Tensor | None]] = [[None, None, None] for _ in layers]
-        self.handles = []
-        for i, names in enumerate(layers):
+        self.handles: list = []
+
+    def attach(self) -> None:
+        for i, names in enumerate(self.layers):
             for j, name in enumerate(names):
-                self.handles.append(model.get_submodule(name).register_forward_hook(self._store(i, j)))
+                self.handles.append(self.model.get_submodule(name).register_forward_hook(self._store(i, j)))
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
 
     def _store(self, i: int, j: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -91,6 +100,17 @@ class CompressionTrainer(Trainer):
         self._captures = None
         if relation_layers is not None:
             self._captures = (QKVCapture(model, relation_layers[0]), QKVCapture(self.teacher, relation_layers[1]))
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train`` with the Q/K/V capture hooks in place only while it runs."""
+        captures = self._captures or ()
+        for capture in captures:
+            capture.attach()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            for capture in captures:
+                capture.detach()
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """AdamW (or ``args.optim``) with separate groups: weights, gates (``log_alpha``), multipliers."""

@@ -78,6 +78,21 @@ def test_explicit_size_target(tiny_teacher_dir, tmp_path):
     assert abs(record["structure"]["encoder_sparsity"] - record["metrics"]["target_sparsity"]) <= 0.01
 
 
+def test_attention_relation_and_mse_terms_train(tiny_teacher_dir, tmp_path):
+    extra = {"distill.attention_relation": 1.0, "distill.relation_heads": 4, "distill.hidden_mse": 1.0,
+             "train.max_steps": 6, "finetune.max_steps": 4}
+    teacher = transformers.AutoModel.from_pretrained(tiny_teacher_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    out = compress.run("bert-l0", teacher=teacher, processor=tokenizer, out=tmp_path / "run",
+                       overrides={**SHORT, **extra}, progress=False)
+    logs = json.loads((out / "training_log.json").read_text())
+    for stage in ("prune", "finetune"):
+        parts = [e for e in logs[stage] if "attention_relation" in e]
+        assert parts and all(e["attention_relation"] >= 0 and e["hidden_mse"] >= 0 for e in parts)
+    hooks = [h for m in teacher.modules() for h in m._forward_hooks.values()]
+    assert not [h for h in hooks if "QKVCapture" in getattr(h, "__qualname__", "")], "capture hooks removed after training"
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([SCRIPT, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

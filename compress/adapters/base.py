@@ -38,6 +38,10 @@ class FamilyAdapter(ABC):
         """Whether a parameter belongs to the embeddings or the encoder (not the pooler or a head)."""
 
     @abstractmethod
+    def attention_projections(self, layer: int) -> tuple[str, str, str]:
+        """Module names of layer ``layer``'s query, key and value projections (same in the student)."""
+
+    @abstractmethod
     def kind_limits(self) -> dict[str, int]:
         """The teacher's size for each axis kind (per layer where the kind is per layer)."""
 

@@ -102,6 +102,9 @@ class BertAdapter(FamilyAdapter):
     def is_backbone(self, name: str) -> bool:
         return name.startswith((f"{self.prefix}embeddings.", f"{self.prefix}encoder."))
 
+    def attention_projections(self, layer: int) -> tuple[str, str, str]:
+        return tuple(f"{self._layer(layer)}.attention.self.{m}" for m in ("query", "key", "value"))
+
     def kind_limits(self) -> dict[str, int]:
         cfg = self.config
         return {
