@@ -12,6 +12,7 @@ import yaml
 from compress.errors import CompressError, Interrupted
 from compress.export import RECORD_FILE
 from compress.recipe import bundled_recipes, load_recipe
+from compress.structure import Structure
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -29,19 +30,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
-    structure = record["structure"]
     print(f"student written to {out} ({record['format']} config, model_type {record['model_type']})")
-    print(f"hidden {structure['sizes']['hidden']}, heads per layer {_per_layer(structure, 'heads')}, "
-          f"ffn per layer {_per_layer(structure, 'ffn')}")
-    print(f"parameters {structure['teacher_parameters']:,} -> {structure['parameters']:,}; encoder "
-          f"{structure['teacher_encoder_parameters']:,} -> {structure['encoder_parameters']:,} "
-          f"({structure['encoder_sparsity']:.1%} removed)")
+    print(Structure.from_dict(record["structure"]).summary())
+    fidelity = {k: v for k, v in record.get("metrics", {}).items() if k.startswith("fidelity")}
+    if fidelity:
+        print("held-out fidelity (Spearman of pairwise cosine similarities, teacher vs student): "
+              + ", ".join(f"{k.removeprefix('fidelity_').replace('_', ' ')} {v:.3f}" for k, v in fidelity.items()))
     return 0
-
-
-def _per_layer(structure: dict, kind: str) -> list[int]:
-    sizes = structure["sizes"]
-    return [sizes[k] for k in sorted((k for k in sizes if k.endswith(f".{kind}")), key=lambda k: int(k.split(".")[1]))]
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:

@@ -68,6 +68,15 @@ class CompressionJob:
         include = self.adapter.is_encoder if encoder_only else None
         return int(count_parameters(self._shapes, self.axes, sizes, include=include))
 
+    def target_sparsity(self) -> float:
+        """The recipe's target as a fraction of encoder parameters (explicit sizes are converted)."""
+        prune = self.recipe.prune
+        if prune["target"] is None:
+            return prune["target_sparsity"]
+        full = {a.name: a.size for a in self.axes}
+        kept = self.count({**full, **self._sizes_by_kind(prune["target"])}, encoder_only=True)
+        return 1.0 - kept / self._teacher_encoder
+
     def expected_sparsity(self) -> torch.Tensor:
         """Expected fraction of encoder parameters removed, differentiable in the gate parameters.
 

@@ -24,7 +24,7 @@ from compress.data import text_datasets
 from compress.distill import DistillationLoss
 from compress.errors import CompressError, Interrupted, OutputDirError
 from compress.evaluate import embedding_fidelity, held_out_sentences
-from compress.export import RECORD_FILE, check_output_dir, save_student
+from compress.export import check_output_dir, save_student
 from compress.job import CompressionJob, attach
 from compress.recipe import Recipe, load_recipe
 from compress.teachers import default_teacher_path, load_teacher
@@ -127,16 +127,6 @@ def _train_stage(trainer: CompressionTrainer, stage_dir: Path, resume: bool, sto
     return trainer.state.log_history
 
 
-def _target_sparsity(job: CompressionJob) -> float:
-    """The recipe's target as a fraction of encoder parameters (explicit sizes are converted)."""
-    prune = job.recipe.prune
-    if prune["target"] is None:
-        return prune["target_sparsity"]
-    sizes = {a.name: a.size for a in job.axes}
-    sizes.update(job._sizes_by_kind(prune["target"]))
-    return 1.0 - job.count(sizes, encoder_only=True) / job.count({a.name: a.size for a in job.axes}, encoder_only=True)
-
-
 def _relation_layers(job: CompressionJob, student: torch.nn.Module) -> tuple[list, list] | None:
     """Q/K/V module names of the mapped layers, student and teacher side, when the recipe asks for them.
 
@@ -147,8 +137,12 @@ def _relation_layers(job: CompressionJob, student: torch.nn.Module) -> tuple[lis
         return None
     modules = dict(student.named_modules())
     pairs = [(s - 1, t - 1) for s, t in job.recipe.distill["layers"] if s > 0 and t > 0]
-    query = lambda layer: modules.get(job.adapter.attention_projections(layer)[0])  # noqa: E731
-    pairs = [(s, t) for s, t in pairs if query(s) is not None and query(s).out_features > 0]
+
+    def has_heads(layer: int) -> bool:
+        query = modules.get(job.adapter.attention_projections(layer)[0])
+        return query is not None and query.out_features > 0
+
+    pairs = [(s, t) for s, t in pairs if has_heads(s)]
     return [job.adapter.attention_projections(s) for s, _ in pairs], [job.adapter.attention_projections(t) for _, t in pairs]
 
 
@@ -201,7 +195,7 @@ def run(
     distillation = DistillationLoss(recipe.distill, width, width)
     stopper = StopOnSignal()
     logs: dict[str, list[dict]] = {}
-    target = _target_sparsity(job)
+    target = job.target_sparsity()
     uses_head = recipe.distill["logits_kl"] > 0 or recipe.distill["task"] > 0
     trainable = None if uses_head else job.adapter.is_backbone
     if train["max_steps"] > 0:
@@ -266,5 +260,4 @@ def _export(student: PreTrainedModel, out: Path, processor: Any, metrics: dict, 
     if not any((out / CHECKPOINTS).iterdir()):
         (out / CHECKPOINTS).rmdir()
     (out / "training_log.json").write_text(json.dumps(logs, indent=2) + "\n", encoding="utf-8")
-    record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
-    logger.info("student written to %s: %s", out, record["structure"]["sizes"].get("hidden"))
+    logger.info("student written to %s", out)

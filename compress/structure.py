@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class Structure:
         """Kept units of a per-layer axis kind (``heads``, ``ffn``, ``attention``, ``mlp``), by layer."""
         found = {int(name.split(".")[1]): n for name, n in self.sizes.items() if name.endswith(f".{kind}")}
         return [found[i] for i in sorted(found)]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Structure:
+        """Read back what ``to_dict`` wrote (e.g. the ``structure`` of a compression.json)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict:
         return {**asdict(self), "encoder_sparsity": round(self.encoder_sparsity, 6)}
