@@ -43,7 +43,9 @@ class CompressionJob:
         self.adapter: FamilyAdapter = adapter_cls(self.model)
         self.axes: list[Axis] = self.adapter.axes()
         self._shapes = {name: tuple(p.shape) for name, p in self.model.named_parameters()}
-        self._teacher_encoder = self.count({a.name: a.size for a in self.axes}, encoder_only=True)
+        full = {a.name: a.size for a in self.axes}
+        self._teacher_total = self.count(full)
+        self._teacher_encoder = self.count(full, encoder_only=True)
         self._check_target()
         gated_kinds = recipe.prune["axes"]
         self.gates = GateSet({a.name: HardConcreteGate(a.size) for a in self.axes if a.kind in gated_kinds})
@@ -60,7 +62,7 @@ class CompressionJob:
                     f"prune.target.{kind} = {size} is larger than the teacher's {limits[kind]} "
                     f"({kind}); choose a size <= {limits[kind]}"
                 )
-            if size == 0 and kind in ("hidden",):
+            if size == 0 and kind == "hidden":
                 raise TargetError("prune.target.hidden = 0 would remove the whole residual stream; choose >= 1")
 
     def count(self, sizes: Mapping[str, int], encoder_only: bool = False) -> int:
@@ -130,13 +132,12 @@ class CompressionJob:
         """Kept units per axis under the deterministic gates, and the parameter counts they give."""
         kept = kept_indices(self.axes, self.gates.deterministic())
         sizes = {name: int(idx.numel()) for name, idx in kept.items()}
-        full = {a.name: a.size for a in self.axes}
         return Structure(
             sizes=sizes,
             parameters=self.count(sizes),
             encoder_parameters=self.count(sizes, encoder_only=True),
-            teacher_parameters=self.count(full),
-            teacher_encoder_parameters=self.count(full, encoder_only=True),
+            teacher_parameters=self._teacher_total,
+            teacher_encoder_parameters=self._teacher_encoder,
         )
 
     # -- one-shot selection ----------------------------------------------------------------
@@ -146,7 +147,7 @@ class CompressionJob:
         if not 0.0 <= target < 1.0:
             raise TargetError(f"target sparsity {target} must be in [0, 1)")
         full = {a.name: a.size for a in self.axes}
-        budget = (1.0 - target) * self.count(full, encoder_only=True)
+        budget = (1.0 - target) * self._teacher_encoder
         try:
             return uniform_sizes(
                 self.adapter.kind_limits(),

@@ -17,6 +17,7 @@ from compress.distill import (
     logits_kl,
 )
 from compress.recipe import load_recipe
+from conftest import tiny_bert_config
 
 TEACHER_WIDTH = 8
 KEPT = torch.tensor([0, 2, 3, 6, 7])
@@ -476,15 +477,10 @@ def test_distillation_loss_rejects_bad_config(config, message):
 
 
 def tiny_config() -> BertConfig:
-    return BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=16,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+    """A 2-layer BERT without dropout, so teacher and student copies compute the same thing."""
+    return tiny_bert_config(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
 
 
