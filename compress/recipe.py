@@ -13,12 +13,12 @@ from typing import Any
 import yaml
 
 from compress.errors import RecipeError
+from pruners import schedules
 
 AXIS_KINDS = ("hidden", "heads", "ffn", "attention", "mlp")
 FAMILIES = ("bert",)
 METHODS = ("l0",)
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
-SCHEDULE_KINDS = ("linear",)
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,11 @@ def _layer_pairs(v: list) -> str | None:
 
 
 def _schedule(v: Any) -> str | None:
-    if isinstance(v, str):
-        return None if ":" in v else "a callable schedule is written 'module:function'"
-    unknown = set(v) - {"kind", "start_step", "ramp_steps"}
-    if unknown:
-        return f"has unknown keys {sorted(unknown)}; allowed: kind, start_step, ramp_steps"
-    if v.get("kind") not in SCHEDULE_KINDS:
-        return f"kind must be one of {', '.join(SCHEDULE_KINDS)}"
-    steps = [v.get(k, 0) for k in ("start_step", "ramp_steps")]
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
-        return "start_step and ramp_steps must be integers >= 0"
+    """The schedule rules of ``pruners.schedules``; callables are imported at run time, not here."""
+    try:
+        schedules.check_schedule_spec(v, AXIS_KINDS)
+    except ValueError as err:
+        return f"is invalid: {err}"
     return None
 
 
@@ -177,6 +172,12 @@ def _check_target(data: dict[str, Any], source: str) -> None:
         raise RecipeError(
             f"{source}: set exactly one of 'prune.target_sparsity' (fraction of encoder parameters removed) "
             f"or 'prune.target' (explicit sizes); set the other to null"
+        )
+    schedule = prune["schedule"]
+    if prune["method"] == "l0" and isinstance(schedule, dict) and "kind" not in schedule:
+        raise RecipeError(
+            f"{source}: 'prune.schedule' gives one schedule per axis, but method l0 ramps one total size "
+            "target; give a single schedule such as {kind: linear, start_step: 0, ramp_steps: 1000}"
         )
     if prune["target"] is not None:
         ungated = [k for k in prune["target"] if k not in prune["axes"]]

@@ -56,6 +56,12 @@ def test_bad_values_are_clear_errors(updates, message):
         compress.load_recipe("bert-l0").override(updates)
 
 
+def test_l0_takes_a_single_schedule():
+    recipe = compress.load_recipe("bert-l0")
+    with pytest.raises(compress.RecipeError, match="one schedule per axis, but method l0"):
+        recipe.override({"prune.schedule": {"ffn": {"kind": "linear", "ramp_steps": 10}, "default": {"kind": "constant"}}})
+
+
 def test_target_for_an_ungated_axis_is_an_error():
     recipe = compress.load_recipe("bert-l0")
     with pytest.raises(compress.RecipeError, match="not in 'prune.axes'"):
