@@ -43,9 +43,9 @@ class CompressionJob:
         self.adapter: FamilyAdapter = adapter_cls(self.model)
         self.axes: list[Axis] = self.adapter.axes()
         self._shapes = {name: tuple(p.shape) for name, p in self.model.named_parameters()}
-        full = {a.name: a.size for a in self.axes}
-        self._teacher_total = self.count(full)
-        self._teacher_encoder = self.count(full, encoder_only=True)
+        # Axes missing from a size mapping keep all their units, so {} counts the teacher.
+        self._teacher_total = self.count({})
+        self._teacher_encoder = self.count({}, encoder_only=True)
         self._check_target()
         gated_kinds = recipe.prune["axes"]
         self.gates = GateSet({a.name: HardConcreteGate(a.size) for a in self.axes if a.kind in gated_kinds})
@@ -66,7 +66,7 @@ class CompressionJob:
                 raise TargetError("prune.target.hidden = 0 would remove the whole residual stream; choose >= 1")
 
     def count(self, sizes: Mapping[str, int], encoder_only: bool = False) -> int:
-        """Parameters of the student whose axes keep ``sizes`` (axis name -> units)."""
+        """Parameters of the student whose axes keep ``sizes`` (axis name -> units; absent axes keep all)."""
         include = self.adapter.is_encoder if encoder_only else None
         return int(count_parameters(self._shapes, self.axes, sizes, include=include))
 
@@ -75,8 +75,7 @@ class CompressionJob:
         prune = self.recipe.prune
         if prune["target"] is None:
             return prune["target_sparsity"]
-        full = {a.name: a.size for a in self.axes}
-        kept = self.count({**full, **self._sizes_by_kind(prune["target"])}, encoder_only=True)
+        kept = self.count(self._sizes_by_kind(prune["target"]), encoder_only=True)
         return 1.0 - kept / self._teacher_encoder
 
     def expected_sparsity(self) -> torch.Tensor:
@@ -146,14 +145,13 @@ class CompressionJob:
             return dict(target)
         if not 0.0 <= target < 1.0:
             raise TargetError(f"target sparsity {target} must be in [0, 1)")
-        full = {a.name: a.size for a in self.axes}
         budget = (1.0 - target) * self._teacher_encoder
         try:
             return uniform_sizes(
                 self.adapter.kind_limits(),
                 self.recipe.prune["axes"],
                 budget,
-                lambda by_kind: self.count({**full, **self._sizes_by_kind(by_kind)}, encoder_only=True),
+                lambda by_kind: self.count(self._sizes_by_kind(by_kind), encoder_only=True),
                 head_dim=next(a.group for a in self.axes if a.kind == "heads"),
             )
         except ValueError as err:
