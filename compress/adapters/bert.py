@@ -8,14 +8,10 @@ import transformers
 from transformers import BertConfig, PretrainedConfig, PreTrainedModel
 
 from compress.adapters.base import FamilyAdapter
+from compress.adapters.layers import LayerModules, add_layer_to_hidden, encoder_layer_axes, linear_dims
 from compress.errors import UnsupportedModelError
 from compress.students import modeling_compressed_bert as students
 from reparam import Axis, GateSite, TensorDim
-
-
-def _linear(name: str, dim: int) -> list[TensorDim]:
-    """A Linear's weight dimension, plus its bias when that dimension is the output."""
-    return [TensorDim(f"{name}.weight", dim)] + ([TensorDim(f"{name}.bias", 0)] if dim == 0 else [])
 
 
 class BertAdapter(FamilyAdapter):
@@ -43,6 +39,15 @@ class BertAdapter(FamilyAdapter):
     def _layer(self, i: int) -> str:
         return f"{self.prefix}encoder.layer.{i}"
 
+    def layer_modules(self, i: int) -> LayerModules:
+        layer = self._layer(i)
+        return LayerModules(
+            *(f"{layer}.attention.self.{m}" for m in ("query", "key", "value")),
+            attention_out=f"{layer}.attention.output.dense",
+            ffn_in=f"{layer}.intermediate.dense",
+            ffn_out=f"{layer}.output.dense",
+        )
+
     def _existing(self, dims: list[TensorDim]) -> list[TensorDim]:
         return [d for d in dims if d.tensor in self.params]
 
@@ -56,26 +61,12 @@ class BertAdapter(FamilyAdapter):
         axes = [hidden]
         for i in range(cfg.num_hidden_layers):
             layer = self._layer(i)
-            qkv = [f"{layer}.attention.self.{m}" for m in ("query", "key", "value")]
-            o, norm1 = f"{layer}.attention.output.dense", f"{layer}.attention.output.LayerNorm"
-            fin, fout, norm2 = f"{layer}.intermediate.dense", f"{layer}.output.dense", f"{layer}.output.LayerNorm"
-            attention = Axis(f"layers.{i}.attention", "attention", 1, sites=[GateSite(o)])
-            attention.owns = [f"{m}.{t}" for m in (*qkv, o) for t in ("weight", "bias")]
-            heads = Axis(f"layers.{i}.heads", "heads", cfg.num_attention_heads, group=self.head_dim)
-            heads.writers = [d for m in qkv for d in _linear(m, 0)]
-            heads.readers = _linear(o, 1)
-            heads.sites = [GateSite(o, on="input")]
-            heads.parent = attention.name
-            mlp = Axis(f"layers.{i}.mlp", "mlp", 1, sites=[GateSite(fout)])
-            mlp.owns = [f"{m}.{t}" for m in (fin, fout) for t in ("weight", "bias")]
-            ffn = Axis(f"layers.{i}.ffn", "ffn", cfg.intermediate_size, writers=_linear(fin, 0), readers=_linear(fout, 1))
-            ffn.sites = [GateSite(fout, on="input")]
-            ffn.parent = mlp.name
-            hidden.writers += _linear(o, 0) + _linear(fout, 0)
-            hidden.readers += [d for m in (*qkv, fin) for d in _linear(m, 1)]
+            modules = self.layer_modules(i)
+            norm1, norm2 = f"{layer}.attention.output.LayerNorm", f"{layer}.output.LayerNorm"
+            axes += encoder_layer_axes(i, modules, cfg.num_attention_heads, self.head_dim, cfg.intermediate_size)
+            add_layer_to_hidden(hidden, modules)
             hidden.normalisers += [norm1, norm2]
-            hidden.sites += [GateSite(o), GateSite(norm1), GateSite(fout), GateSite(norm2)]
-            axes += [attention, heads, mlp, ffn]
+            hidden.sites += [GateSite(modules.attention_out), GateSite(norm1), GateSite(modules.ffn_out), GateSite(norm2)]
         self._head_dims(hidden)
         hidden.writers, hidden.readers = self._existing(hidden.writers), self._existing(hidden.readers)
         return axes
@@ -84,17 +75,17 @@ class BertAdapter(FamilyAdapter):
         """Pooler, MLM transform and classifiers: what reads and writes the hidden axis outside the encoder."""
         if self.base.pooler is not None:
             pooler = f"{self.prefix}pooler.dense"
-            hidden.writers += _linear(pooler, 0)
-            hidden.readers += _linear(pooler, 1)
+            hidden.writers += linear_dims(pooler, 0)
+            hidden.readers += linear_dims(pooler, 1)
             # tanh follows the pooler, so its gate cannot fold into weights: pruned units just vanish.
             hidden.sites.append(GateSite(f"{self.prefix}pooler", binary=True))
         transform = "cls.predictions.transform"
         if f"{transform}.dense.weight" in self.params:
-            hidden.writers += _linear(f"{transform}.dense", 0)
-            hidden.readers += _linear(f"{transform}.dense", 1) + _linear("cls.predictions.decoder", 1)
+            hidden.writers += linear_dims(f"{transform}.dense", 0)
+            hidden.readers += linear_dims(f"{transform}.dense", 1) + linear_dims("cls.predictions.decoder", 1)
             hidden.normalisers.append(f"{transform}.LayerNorm")
             hidden.sites.append(GateSite(f"{transform}.LayerNorm"))
-        hidden.readers += _linear("classifier", 1)
+        hidden.readers += linear_dims("classifier", 1)
 
     def is_encoder(self, name: str) -> bool:
         return name.startswith(f"{self.prefix}encoder.")
@@ -103,7 +94,7 @@ class BertAdapter(FamilyAdapter):
         return name.startswith((f"{self.prefix}embeddings.", f"{self.prefix}encoder."))
 
     def attention_projections(self, layer: int) -> tuple[str, str, str]:
-        return tuple(f"{self._layer(layer)}.attention.self.{m}" for m in ("query", "key", "value"))
+        return self.layer_modules(layer).qkv
 
     def kind_limits(self) -> dict[str, int]:
         cfg = self.config

@@ -1,0 +1,62 @@
+"""Axes of one transformer encoder layer, shared by every family (BERT, HuBERT, wav2vec2).
+
+A layer has an attention sublayer (Q/K/V projections split into heads, an output projection) and
+a feed-forward sublayer (an input and an output projection around the activation). Families differ
+only in module names and in where their LayerNorms sit, which their adapters add to ``hidden``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reparam import Axis, GateSite, TensorDim
+
+
+def linear_dims(name: str, dim: int) -> list[TensorDim]:
+    """A Linear's weight dimension, plus its bias when that dimension is the output."""
+    return [TensorDim(f"{name}.weight", dim)] + ([TensorDim(f"{name}.bias", 0)] if dim == 0 else [])
+
+
+@dataclass(frozen=True)
+class LayerModules:
+    """Module names of one encoder layer's projections."""
+
+    query: str
+    key: str
+    value: str
+    attention_out: str
+    ffn_in: str
+    ffn_out: str
+
+    @property
+    def qkv(self) -> tuple[str, str, str]:
+        return (self.query, self.key, self.value)
+
+
+def encoder_layer_axes(index: int, modules: LayerModules, heads: int, head_dim: int, ffn: int) -> list[Axis]:
+    """The ``attention``, ``heads``, ``mlp`` and ``ffn`` axes of layer ``index``, parents first.
+
+    Sublayer gates multiply the output projections' outputs (a removed sublayer adds nothing to the
+    residual stream); head and FFN-unit gates multiply the output projections' inputs.
+    """
+    m = modules
+    attention = Axis(f"layers.{index}.attention", "attention", 1, sites=[GateSite(m.attention_out)])
+    attention.owns = [f"{name}.{t}" for name in (*m.qkv, m.attention_out) for t in ("weight", "bias")]
+    head_axis = Axis(f"layers.{index}.heads", "heads", heads, group=head_dim, parent=attention.name)
+    head_axis.writers = [d for name in m.qkv for d in linear_dims(name, 0)]
+    head_axis.readers = linear_dims(m.attention_out, 1)
+    head_axis.sites = [GateSite(m.attention_out, on="input")]
+    mlp = Axis(f"layers.{index}.mlp", "mlp", 1, sites=[GateSite(m.ffn_out)])
+    mlp.owns = [f"{name}.{t}" for name in (m.ffn_in, m.ffn_out) for t in ("weight", "bias")]
+    ffn_axis = Axis(f"layers.{index}.ffn", "ffn", ffn, parent=mlp.name)
+    ffn_axis.writers = linear_dims(m.ffn_in, 0)
+    ffn_axis.readers = linear_dims(m.ffn_out, 1)
+    ffn_axis.sites = [GateSite(m.ffn_out, on="input")]
+    return [attention, head_axis, mlp, ffn_axis]
+
+
+def add_layer_to_hidden(hidden: Axis, modules: LayerModules) -> None:
+    """Record the layer's projections that write (outputs) and read (inputs) the residual stream."""
+    m = modules
+    hidden.writers += linear_dims(m.attention_out, 0) + linear_dims(m.ffn_out, 0)
+    hidden.readers += [d for name in (*m.qkv, m.ffn_in) for d in linear_dims(name, 1)]
