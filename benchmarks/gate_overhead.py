@@ -22,12 +22,10 @@ import torch
 import compress
 from compress.distill import DistillationLoss
 from compress.teachers import load_teacher
-from pruners.lagrangian import LagrangianController
-from pruners.schedules import linear_ramp
 
 
-def make_step(student, teacher, distillation, job=None, controller=None):
-    params = [*student.parameters(), *distillation.parameters(), *(controller.parameters() if controller else [])]
+def make_step(student, teacher, distillation, job=None):
+    params = [*student.parameters(), *distillation.parameters()]  # a job's model holds its method's multipliers
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step(batch: dict[str, torch.Tensor], index: int) -> None:
@@ -36,7 +34,7 @@ def make_step(student, teacher, distillation, job=None, controller=None):
         out = student(**batch, output_hidden_states=True)
         loss = distillation(out, teacher_out, attention_mask=batch["attention_mask"])["loss"]
         if job is not None:
-            loss = loss + controller(job.expected_sparsity(), index)
+            loss = loss + job.method.loss_terms(index)["penalty"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,8 +58,7 @@ def main() -> None:
     job = compress.attach(teacher, recipe)
     plain = copy.deepcopy(teacher)
     steps = {
-        "with gates": make_step(job.model.train(), teacher, DistillationLoss(recipe.distill, width, width), job,
-                                LagrangianController(0.5, linear_ramp(0, 100))),
+        "with gates": make_step(job.model.train(), teacher, DistillationLoss(recipe.distill, width, width), job),
         "without gates": make_step(plain.train(), teacher, DistillationLoss(recipe.distill, width, width)),
     }
     generator = torch.Generator().manual_seed(0)

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from compress.adapters import FamilyAdapter, adapter_for
 from compress.errors import RecipeError, TargetError
+from compress.methods import PruningMethod, method_class
 from compress.recipe import Recipe, load_recipe
 from compress.structure import Structure
 from pruners import FixedGate, GateSet, HardConcreteGate, count_parameters, magnitude_importance
@@ -28,7 +29,10 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class CompressionJob:
-    """A teacher copy with gates (``model``), the axes they sit on, and the fold into a student."""
+    """A teacher copy with gates (``model``), the axes they sit on, and the fold into a student.
+
+    ``method`` is the recipe's pruning method: the training driver calls its hooks in stage 1.
+    """
 
     def __init__(self, teacher: PreTrainedModel, recipe: Recipe) -> None:
         adapter_cls = adapter_for(teacher)
@@ -47,10 +51,14 @@ class CompressionJob:
         self._teacher_total = self.count({})
         self._teacher_encoder = self.count({}, encoder_only=True)
         self._check_target()
+        method = method_class(recipe.prune["method"])
         gated_kinds = recipe.prune["axes"]
-        self.gates = GateSet({a.name: HardConcreteGate(a.size) for a in self.axes if a.kind in gated_kinds})
+        self.gates = GateSet({a.name: method.initial_gate(a) for a in self.axes if a.kind in gated_kinds})
         self.model.add_module(GATES_ATTR, self.gates)
         install_gates(self.model, self.axes, self.gates)
+        self.method: PruningMethod = method(self)
+        for name, module in self.method.modules().items():
+            self.model.add_module(name, module)
 
     # -- size accounting -------------------------------------------------------------------
     def _check_target(self) -> None:

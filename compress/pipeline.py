@@ -1,9 +1,10 @@
 """``compress.run``: the whole job from a recipe to an exported student.
 
-Stage 1 trains the gates (and the weights) with distillation under the Lagrangian size controller;
-the gated model is folded; stage 2 distils the dense student; the student is exported. Each stage
-checkpoints into ``OUT/checkpoints/<stage>`` so an interrupted run continues with ``resume=True``.
-With ``train.max_steps = 0`` the structure is chosen one-shot by weight magnitude instead.
+Stage 1 trains the weights with distillation while the recipe's pruning method chooses the structure
+(learned L0 gates under a size controller, scheduled top-k, compactors); the gated model is folded;
+stage 2 distils the dense student; the student is exported. Each stage checkpoints into
+``OUT/checkpoints/<stage>`` so an interrupted run continues with ``resume=True``. With
+``train.max_steps = 0`` the method chooses the structure one-shot from the teacher's weights instead.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from compress.job import CompressionJob, attach
 from compress.recipe import Recipe, load_recipe
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
-from pruners.lagrangian import LagrangianController
-from pruners.schedules import resolve_schedule
 
 logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -199,7 +198,6 @@ def run(
     uses_head = recipe.distill["logits_kl"] > 0 or recipe.distill["task"] > 0
     trainable = None if uses_head else job.adapter.is_backbone
     if train["max_steps"] > 0:
-        controller = LagrangianController(target, resolve_schedule(recipe.prune["schedule"]))
         stage_dir = out / CHECKPOINTS / "prune"
         trainer = CompressionTrainer(
             model=job.model,
@@ -208,7 +206,6 @@ def run(
             teacher=teacher,
             distillation=distillation,
             job=job,
-            controller=controller,
             gate_lr=train["gate_lr"],
             lambda_lr=train["lambda_lr"],
             trainable=trainable,
@@ -216,11 +213,9 @@ def run(
         )
         logs["prune"] = _train_stage(trainer, stage_dir, resume, stopper)
         distillation = getattr(job.model, DISTILL_ATTR)
-        learned = job.structure().encoder_sparsity
-        metrics = {"sparsity_learned": learned, "snap_shift": job.snap_to(target)}
+        metrics = job.method.finish()
     else:
-        job.prune_to()
-        metrics = {}
+        metrics = job.method.one_shot()
     job.model.eval()
     student = job.fold()
     metrics["encoder_sparsity"] = job.structure().encoder_sparsity

@@ -13,11 +13,11 @@ from typing import Any
 import yaml
 
 from compress.errors import RecipeError
+from compress.methods import METHODS
 from pruners import schedules
 
 AXIS_KINDS = ("hidden", "heads", "ffn", "attention", "mlp")
 FAMILIES = ("bert",)
-METHODS = ("l0",)
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
 
 
@@ -86,7 +86,7 @@ SCHEMA: dict[str, Any] = {
     "name": Field(STR),
     "family": Field(STR, "bert", check=_one_of(FAMILIES)),
     "prune": {
-        "method": Field(STR, "l0", check=_one_of(METHODS)),
+        "method": Field(STR, "l0", check=_one_of(tuple(METHODS))),
         "axes": Field((list,), list(AXIS_KINDS), check=_axis_kinds),
         "target_sparsity": Field(FLOAT, None, nullable=True, check=_fraction),
         "target": Field((dict,), None, nullable=True, check=_target_sizes),

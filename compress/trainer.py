@@ -1,9 +1,10 @@
 """Hugging Face Trainer pieces for pruning with distillation; usable from a user's own Trainer script.
 
 ``CompressionTrainer`` distils a student (a gated copy of the teacher, or the folded dense student)
-from the frozen teacher; with a ``CompressionJob`` and a ``LagrangianController`` it also drives the
-gates' expected size to the target. Gate parameters (``log_alpha``) and the Lagrange multipliers get
-their own learning rates. ``StopOnSignal`` turns SIGINT / SIGTERM into a checkpoint and a clean stop.
+from the frozen teacher; with a ``CompressionJob`` it also runs the job's pruning method (its loss
+terms, and its mask updates around each optimiser step). Gate parameters (``log_alpha``) and the
+Lagrange multipliers get their own learning rates. ``StopOnSignal`` turns SIGINT / SIGTERM into a
+checkpoint and a clean stop.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from transformers import Trainer, TrainerCallback
 
 from compress.distill import DistillationLoss
 from compress.job import ATTACHED_PREFIX, CompressionJob
-from pruners.lagrangian import LagrangianController
+from compress.methods import LAGRANGIAN_ATTR, PruningMethod
 
 DISTILL_ATTR = "compress_distill"
-LAGRANGIAN_ATTR = "compress_lagrangian"
 
 
 class QKVCapture:
@@ -57,13 +57,26 @@ class QKVCapture:
         return taken
 
 
-class CompressionTrainer(Trainer):
-    """Distil ``model`` from ``teacher``; with ``job`` and ``controller``, prune it to the target too.
+class MethodHooks(TrainerCallback):
+    """Calls a pruning method's hooks around each optimiser step (gradients present, then weights updated)."""
 
-    ``distillation`` and ``controller`` are attached to the model as submodules, so checkpoints and
-    resume carry them (projections, multipliers and their optimiser state) like any weight. They
-    are used outside the model's forward, so under DDP pass ``ddp_find_unused_parameters=False``
-    and ``trainable`` to freeze what the loss does not reach.
+    def __init__(self, method: PruningMethod) -> None:
+        self.method = method
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.method.before_optimizer_step(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.method.after_step(state.global_step)
+
+
+class CompressionTrainer(Trainer):
+    """Distil ``model`` from ``teacher``; with ``job`` (``model`` is ``job.model``), prune it as its method says.
+
+    ``distillation`` is attached to the model as a submodule, as the job attached its method's modules
+    (multipliers, compactors), so checkpoints and resume carry them and their optimiser state like any
+    weight. They are used outside the model's forward, so under DDP pass
+    ``ddp_find_unused_parameters=False`` and ``trainable`` to freeze what the loss does not reach.
     """
 
     def __init__(
@@ -72,7 +85,6 @@ class CompressionTrainer(Trainer):
         teacher: nn.Module,
         distillation: DistillationLoss,
         job: CompressionJob | None = None,
-        controller: LagrangianController | None = None,
         gate_lr: float | None = None,
         lambda_lr: float | None = None,
         relation_layers: tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]] | None = None,
@@ -87,13 +99,12 @@ class CompressionTrainer(Trainer):
                 if not name.startswith(ATTACHED_PREFIX) and not trainable(name):
                     param.requires_grad_(False)
         model.add_module(DISTILL_ATTR, distillation)
-        if controller is not None:
-            model.add_module(LAGRANGIAN_ATTR, controller)
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()
         self.distillation = distillation
-        self.job = job
-        self.controller = controller
+        self.method = job.method if job is not None else None
+        if self.method is not None:
+            self.add_callback(MethodHooks(self.method))
         self.gate_lr = gate_lr or self.args.learning_rate
         self.lambda_lr = lambda_lr or self.args.learning_rate
         self._logged: dict[str, list[float]] = defaultdict(list)
@@ -153,19 +164,11 @@ class CompressionTrainer(Trainer):
             qkv = {"student_qkv": self._captures[0].take(), "teacher_qkv": self._captures[1].take()}
         parts = self.distillation(student_out, teacher_out, attention_mask=inputs.get("attention_mask"), **qkv)
         loss = parts["loss"]
-        if self.job is not None and self.controller is not None:
-            step = self.state.global_step
-            sparsity = self.job.expected_sparsity()
-            penalty = self.controller(sparsity, step)
-            loss = loss + penalty
-            parts.update(
-                distill_loss=parts.pop("loss"),
-                expected_sparsity=sparsity,
-                target_sparsity=torch.tensor(self.controller.target_at(step)),
-                lagrangian=penalty,
-                lambda_1=self.controller.lambda_1,
-                lambda_2=self.controller.lambda_2,
-            )
+        if self.method is not None and model.training:
+            terms = self.method.loss_terms(self.state.global_step)
+            if "penalty" in terms:
+                loss = loss + terms["penalty"]
+            parts.update(distill_loss=parts.pop("loss"), **terms)
         if model.training:
             for key, value in parts.items():
                 if key != "loss":

@@ -22,8 +22,6 @@ from compress.data import text_datasets
 from compress.distill import DistillationLoss
 from compress.teachers import load_teacher
 from compress.trainer import CompressionTrainer
-from pruners.lagrangian import LagrangianController
-from pruners.schedules import linear_ramp
 
 
 def main() -> None:
@@ -42,7 +40,11 @@ def main() -> None:
         teacher = BertModel(config).eval()
     layers = teacher.config.num_hidden_layers
     recipe = compress.load_recipe("bert-l0").override(
-        {"prune.target_sparsity": args.sparsity, "distill.layers": [[i, i] for i in range(0, layers + 1, 2)]}
+        {
+            "prune.target_sparsity": args.sparsity,
+            "prune.schedule": {"kind": "linear", "start_step": 0, "ramp_steps": args.steps // 2},
+            "distill.layers": [[i, i] for i in range(0, layers + 1, 2)],
+        }
     )
     job = compress.attach(teacher, recipe)
     train_blocks, _, _ = text_datasets("python-docs", tokenizer, seq_len=32)
@@ -64,14 +66,13 @@ def main() -> None:
         train_dataset=train_blocks,
         teacher=teacher,
         distillation=DistillationLoss(recipe.distill, width, width),
-        job=job,
-        controller=LagrangianController(args.sparsity, linear_ramp(0, args.steps // 2)),
+        job=job,  # its method (L0: gates + Lagrangian size control) runs inside the Trainer
         gate_lr=0.1,
         lambda_lr=0.1,
         trainable=job.adapter.is_backbone,  # the pooler gets no gradient from hidden-state distillation
     )
     trainer.train()
-    job.snap_to(args.sparsity)
+    job.method.finish()  # L0: snap the learned structure to the exact target
     if args.dump_gates:
         rank = int(os.environ.get("RANK", "0"))
         gates = {name: job.gates[name].log_alpha.detach().contiguous() for name in job.gates.names()}

@@ -18,21 +18,28 @@ class TensorDim:
 class GateSite:
     """A place in the forward pass where an axis's gate multiplies the activations.
 
-    ``on="output"`` multiplies a module's output (its last dimension), ``on="input"`` its first
-    positional input. A ``binary`` site multiplies by the keep-mask (0/1) instead of the gate
-    value: used where the gate cannot be folded into weights (after a nonlinearity) and the unit
-    only has to vanish.
+    ``on="output"`` multiplies a module's output, ``on="input"`` its first positional input,
+    along dimension ``dim`` (the last by default; 1 for the channels of a ``(batch, channels,
+    time)`` convolution activation). A ``binary`` site multiplies by the keep-mask (0/1) instead
+    of the gate value: used where the gate cannot be folded into weights (after a nonlinearity)
+    and the unit only has to vanish. A binary site that is ``soft_in_training`` multiplies by the
+    gate value while its module trains (so the gate learns from the loss) and by the mask in
+    eval; it folds nothing, so the fold is exact only where what reads the axis ignores the
+    scale of kept units (a LayerNorm over the axis, masked to the kept units).
     """
 
     module: str
     on: Literal["input", "output"] = "output"
     binary: bool = False
+    dim: int = -1
+    soft_in_training: bool = False
 
     def fold_targets(self) -> list[TensorDim]:
         """The tensor dimensions the fold multiplies the gate into, so the site disappears.
 
-        For a Linear or a LayerNorm, scaling the output equals scaling ``weight`` rows and
-        ``bias``; scaling a Linear's input equals scaling ``weight`` columns.
+        For a Linear, a Conv1d or a LayerNorm / GroupNorm, scaling the output (along any ``dim``)
+        equals scaling ``weight`` rows (dim 0) and ``bias``; scaling a Linear's or a Conv1d's
+        input equals scaling ``weight`` columns / input channels (dim 1).
         """
         if self.binary:
             return []

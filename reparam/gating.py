@@ -33,22 +33,30 @@ class _SiteHook:
         self.axis_name = axis.name
         self.group = axis.group
         self.binary = site.binary
+        self.dim = site.dim
+        self.soft_in_training = site.soft_in_training
 
-    def factor(self, dtype: torch.dtype) -> torch.Tensor:
+    def scale(self, x: torch.Tensor, training: bool) -> torch.Tensor:
+        """``x`` times the gate (or its keep-mask) broadcast along this site's dimension."""
         value = self.gates.values[self.axis_name]
-        if self.binary:
+        if self.binary and not (self.soft_in_training and training):
             value = value != 0
-        return expand_units(value.to(dtype), self.group)
+        factor = expand_units(value.to(x.dtype), self.group)
+        if self.dim not in (-1, x.dim() - 1):
+            shape = [1] * x.dim()
+            shape[self.dim] = -1
+            factor = factor.reshape(shape)
+        return x * factor
 
 
 class _OutputHook(_SiteHook):
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output * self.factor(output.dtype)
+        return self.scale(output, module.training)
 
 
 class _InputHook(_SiteHook):
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (args[0] * self.factor(args[0].dtype), *args[1:])
+        return (self.scale(args[0], module.training), *args[1:])
 
 
 class _Refresh:

@@ -1,0 +1,20 @@
+"""Pruning methods by recipe name (``prune.method``)."""
+
+from __future__ import annotations
+
+from compress.errors import RecipeError
+from compress.methods.base import PruningMethod
+from compress.methods.l0 import LAGRANGIAN_ATTR, L0Method
+
+METHODS: dict[str, type[PruningMethod]] = {m.name: m for m in (L0Method,)}
+
+
+def method_class(name: str) -> type[PruningMethod]:
+    """The method a recipe names, or an error listing the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(f"unknown pruning method {name!r}; known methods: {', '.join(METHODS)}") from None
+
+
+__all__ = ["LAGRANGIAN_ATTR", "METHODS", "L0Method", "PruningMethod", "method_class"]
