@@ -165,6 +165,18 @@ class CompressionJob:
         except ValueError as err:
             raise TargetError(f"cannot meet target sparsity {target}: {err}") from err
 
+    def final_sizes(self) -> dict[str, int]:
+        """Units each axis kind keeps in the end: the recipe's explicit sizes, or a uniform structure at its sparsity."""
+        return self._target_kind_sizes(self.recipe.prune["target"] or self.recipe.prune["target_sparsity"])
+
+    def gated_axes(self) -> list[Axis]:
+        return [a for a in self.axes if a.name in self.gates.names()]
+
+    def magnitude_scores(self) -> dict[str, torch.Tensor]:
+        """Weight-magnitude importance of every unit of every gated axis (see ``magnitude_importance``)."""
+        state = model_state(self.model)
+        return {axis.name: magnitude_importance(state, axis) for axis in self.gated_axes()}
+
     @torch.no_grad()
     def prune_to(self, target: float | Mapping[str, int] | None = None) -> Structure:
         """Fix the gates to a one-shot structure chosen by weight magnitude, and return it.
@@ -173,27 +185,39 @@ class CompressionJob:
         (``heads`` and ``ffn`` per layer, ``attention`` / ``mlp`` as the number of layers that keep
         the sublayer); by default the recipe's target. Kinds without a size keep every unit.
         """
-        if target is None:
-            target = self.recipe.prune["target"] or self.recipe.prune["target_sparsity"]
-        by_kind = self._target_kind_sizes(target)
-        state = model_state(self.model)
+        sizes = self.final_sizes() if target is None else self._target_kind_sizes(target)
+        return self.keep_top(sizes, self.magnitude_scores())
+
+    @torch.no_grad()
+    def keep_top(self, sizes: Mapping[str, int], scores: Mapping[str, torch.Tensor]) -> Structure:
+        """Fix every gated axis to its highest-scoring units and return the structure.
+
+        ``sizes`` are by axis kind: units per axis for hidden / heads / ffn, and for the one-unit
+        sublayer kinds (attention / mlp) the number of layers that keep theirs, ranked across layers.
+        Kinds without a size keep every unit. Units scored ``-inf`` go first (iterative pruning).
+        Existing fixed gates are updated in place, so the modules a checkpoint holds stay the same.
+        """
         unit_axes: dict[str, list[Axis]] = {}
-        for axis in self.axes:
-            if axis.name not in self.gates.names():
-                continue
+        for axis in self.gated_axes():
             if axis.size == 1:
                 unit_axes.setdefault(axis.kind, []).append(axis)
                 continue
-            keep = min(by_kind.get(axis.kind, axis.size), axis.size)
-            order = torch.argsort(magnitude_importance(state, axis), descending=True, stable=True)
-            self.gates[axis.name] = FixedGate.keeping(axis.size, order[:keep])
+            keep = min(sizes.get(axis.kind, axis.size), axis.size)
+            self._fix_gate(axis, torch.argsort(scores[axis.name], descending=True, stable=True)[:keep])
         for kind, axes in unit_axes.items():
-            scores = torch.cat([magnitude_importance(state, a) for a in axes])
-            kept = set(torch.argsort(scores, descending=True, stable=True)[: by_kind.get(kind, len(axes))].tolist())
+            ranked = torch.argsort(torch.cat([scores[a.name] for a in axes]), descending=True, stable=True)
+            kept = set(ranked[: sizes.get(kind, len(axes))].tolist())
             for i, axis in enumerate(axes):
-                self.gates[axis.name] = FixedGate(torch.tensor([float(i in kept)]))
+                self._fix_gate(axis, torch.tensor([0] if i in kept else [], dtype=torch.long))
         self.gates.refresh()
         return self.structure()
+
+    def _fix_gate(self, axis: Axis, indices: torch.Tensor) -> None:
+        gate = self.gates[axis.name]
+        if isinstance(gate, FixedGate):
+            gate.keep_only(indices)
+        else:
+            self.gates[axis.name] = FixedGate.keeping(axis.size, indices)
 
     # -- fold ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -110,6 +110,12 @@ class FixedGate(Gate):
         keep[torch.as_tensor(indices, dtype=torch.long)] = 1.0
         return cls(keep)
 
+    @torch.no_grad()
+    def keep_only(self, indices: torch.Tensor) -> None:
+        """Change the mask in place to keep exactly ``indices`` (the module and its buffer stay the same)."""
+        self.mask.zero_()
+        self.mask[torch.as_tensor(indices, dtype=torch.long)] = 1.0
+
     def deterministic(self) -> torch.Tensor:
         return self.mask
 

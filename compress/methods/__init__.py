@@ -5,8 +5,9 @@ from __future__ import annotations
 from compress.errors import RecipeError
 from compress.methods.base import PruningMethod
 from compress.methods.l0 import LAGRANGIAN_ATTR, L0Method
+from compress.methods.scheduled import MagnitudeMethod, ScheduledTopK
 
-METHODS: dict[str, type[PruningMethod]] = {m.name: m for m in (L0Method,)}
+METHODS: dict[str, type[PruningMethod]] = {m.name: m for m in (L0Method, MagnitudeMethod)}
 
 
 def method_class(name: str) -> type[PruningMethod]:
@@ -17,4 +18,4 @@ def method_class(name: str) -> type[PruningMethod]:
         raise RecipeError(f"unknown pruning method {name!r}; known methods: {', '.join(METHODS)}") from None
 
 
-__all__ = ["LAGRANGIAN_ATTR", "METHODS", "L0Method", "PruningMethod", "method_class"]
+__all__ = ["LAGRANGIAN_ATTR", "METHODS", "L0Method", "MagnitudeMethod", "PruningMethod", "ScheduledTopK", "method_class"]
