@@ -9,6 +9,7 @@
 
 from compress.errors import CompressError, OutputDirError, RecipeError, TargetError, UnsupportedModelError
 from compress.export import load_student, save_student
+from compress.generic import attach_generic
 from compress.job import CompressionJob, attach
 from compress.pipeline import run
 from compress.recipe import Recipe, bundled_recipes, load_recipe
@@ -27,6 +28,7 @@ __all__ = [
     "TargetError",
     "UnsupportedModelError",
     "attach",
+    "attach_generic",
     "bundled_recipes",
     "load_recipe",
     "load_student",

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="bundled recipe name (see `compress recipes`) or path to a .yaml file")
     run.add_argument("--teacher", help="Hugging Face model folder (default: the MiniLM teacher of the demo extra)")
     run.add_argument("--data", help="text corpus: a .txt/.jsonl/.csv/.parquet file, a save_to_disk folder, or a hub "
-                     "dataset id (default: the recipe's data.text, the built-in python-docs corpus)")
+                     "dataset id (default: the recipe's data.text, the built-in python-docs corpus); for a speech "
+                     "teacher: a folder of .wav/.flac files or a dataset with an audio column (default: data.audio)")
     run.add_argument("--out", help="output folder (default: ./<recipe name>-student)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")

@@ -38,7 +38,7 @@ def load_texts(source: str | Path = BUILTIN, column: str | None = None) -> Datas
     if isinstance(source, str) and source == BUILTIN:
         raw = _python_docs()
     else:
-        raw = _load_raw(source)
+        raw = load_raw(source)
     return _text_column(raw, column or "text", str(source))
 
 
@@ -49,8 +49,11 @@ def _python_docs() -> Dataset:
     return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
 
 
-def _load_raw(source: str | Path) -> Dataset:
-    """Dispatch on what ``source`` is: a folder, a file, a missing path, or a hub id."""
+def load_raw(source: str | Path) -> Dataset:
+    """Dispatch on what ``source`` is: a folder, a file, a missing path, or a hub id (all columns kept).
+
+    Also the dataset loader of ``compress.audio``, which reads an audio column instead of text.
+    """
     path = Path(source).expanduser()
     if path.is_dir():
         return _load_folder(path)

@@ -384,6 +384,11 @@ class DistillationLoss(nn.Module):
                 kept=kept,
             )
 
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any enabled term compares with the teacher (the task loss alone does not)."""
+        return any(weight for key, weight in self.term_weights.items() if key != "task")
+
     @staticmethod
     def _check_config(config: Mapping) -> dict[str, object]:
         """The config with defaults filled in; refuses unknown keys and impossible values."""

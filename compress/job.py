@@ -34,9 +34,10 @@ class CompressionJob:
     ``method`` is the recipe's pruning method: the training driver calls its hooks in stage 1.
     """
 
-    def __init__(self, teacher: PreTrainedModel, recipe: Recipe) -> None:
-        adapter_cls = adapter_for(teacher)
-        if adapter_cls.family != recipe.family:
+    def __init__(self, teacher: PreTrainedModel, recipe: Recipe, adapter: type[FamilyAdapter] | None = None) -> None:
+        # An explicit adapter (the generic one of ``compress.attach_generic``) serves any family.
+        adapter_cls = adapter or adapter_for(teacher)
+        if adapter is None and adapter_cls.family != recipe.family:
             raise RecipeError(
                 f"recipe {recipe.name!r} is for family {recipe.family!r} but the teacher "
                 f"{type(teacher).__name__} is {adapter_cls.family!r}; use a {adapter_cls.family} recipe"
@@ -45,14 +46,17 @@ class CompressionJob:
         self.teacher_name = str(getattr(teacher.config, "name_or_path", "") or type(teacher).__name__)
         self.model = copy.deepcopy(teacher)
         self.adapter: FamilyAdapter = adapter_cls(self.model)
-        self.axes: list[Axis] = self.adapter.axes()
+        gated_kinds = recipe.prune["axes"]
+        # head_width replaces heads; only families whose recipes may gate it (the recipe checks) take the keyword.
+        self.axes: list[Axis] = (
+            self.adapter.axes(head_width=True) if "head_width" in gated_kinds else self.adapter.axes()
+        )
         self._shapes = {name: tuple(p.shape) for name, p in self.model.named_parameters()}
         # Axes missing from a size mapping keep all their units, so {} counts the teacher.
         self._teacher_total = self.count({})
         self._teacher_encoder = self.count({}, encoder_only=True)
         self._check_target()
         method = method_class(recipe.prune["method"])
-        gated_kinds = recipe.prune["axes"]
         self.gates = GateSet({a.name: method.initial_gate(a) for a in self.axes if a.kind in gated_kinds})
         self.model.add_module(GATES_ATTR, self.gates)
         install_gates(self.model, self.axes, self.gates)
@@ -148,8 +152,21 @@ class CompressionJob:
         )
 
     # -- one-shot selection ----------------------------------------------------------------
+    def _head_dim(self) -> int:
+        """The teacher's head width, read off the attention axis the job built (heads or head_width)."""
+        axis = next((a for a in self.axes if a.kind in ("heads", "head_width")), None)
+        if axis is None:  # no attention axis (generic FFN-only jobs): nothing ties hidden to heads
+            return 1
+        return axis.group if axis.kind == "heads" else axis.size
+
     def _target_kind_sizes(self, target: float | Mapping[str, int]) -> dict[str, int]:
         if not isinstance(target, (int, float)):
+            ungated = sorted(set(target) - set(self.recipe.prune["axes"]))
+            if ungated:
+                raise TargetError(
+                    f"sizes given for {ungated}, which the recipe does not gate (prune.axes = "
+                    f"{self.recipe.prune['axes']}); add them to prune.axes or leave them out"
+                )
             return dict(target)
         if not 0.0 <= target < 1.0:
             raise TargetError(f"target sparsity {target} must be in [0, 1)")
@@ -160,7 +177,7 @@ class CompressionJob:
                 self.recipe.prune["axes"],
                 budget,
                 lambda by_kind: self.count(self._sizes_by_kind(by_kind), encoder_only=True),
-                head_dim=next(a.group for a in self.axes if a.kind == "heads"),
+                head_dim=self._head_dim(),
             )
         except ValueError as err:
             raise TargetError(f"cannot meet target sparsity {target}: {err}") from err
@@ -172,9 +189,13 @@ class CompressionJob:
     def gated_axes(self) -> list[Axis]:
         return [a for a in self.axes if a.name in self.gates.names()]
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The gated model's own tensors (without the gates and other attached modules)."""
+        return model_state(self.model)
+
     def magnitude_scores(self) -> dict[str, torch.Tensor]:
         """Weight-magnitude importance of every unit of every gated axis (see ``magnitude_importance``)."""
-        state = model_state(self.model)
+        state = self.weights()
         return {axis.name: magnitude_importance(state, axis) for axis in self.gated_axes()}
 
     @torch.no_grad()
@@ -182,8 +203,9 @@ class CompressionJob:
         """Fix the gates to a one-shot structure chosen by weight magnitude, and return it.
 
         ``target`` is a fraction of encoder parameters to remove or explicit sizes by axis kind
-        (``heads`` and ``ffn`` per layer, ``attention`` / ``mlp`` as the number of layers that keep
-        the sublayer); by default the recipe's target. Kinds without a size keep every unit.
+        (``heads`` / ``head_width`` and ``ffn`` per layer, ``attention`` / ``mlp`` as the number of
+        layers that keep the sublayer); by default the recipe's target. Kinds without a size keep
+        every unit; a size for a kind the recipe does not gate is an error.
         """
         sizes = self.final_sizes() if target is None else self._target_kind_sizes(target)
         return self.keep_top(sizes, self.magnitude_scores())
@@ -192,8 +214,8 @@ class CompressionJob:
     def keep_top(self, sizes: Mapping[str, int], scores: Mapping[str, torch.Tensor]) -> Structure:
         """Fix every gated axis to its highest-scoring units and return the structure.
 
-        ``sizes`` are by axis kind: units per axis for hidden / heads / ffn, and for the one-unit
-        sublayer kinds (attention / mlp) the number of layers that keep theirs, ranked across layers.
+        ``sizes`` are by axis kind: units per axis for hidden / heads / head_width / ffn, and for the
+        one-unit sublayer kinds (attention / mlp) the number of layers that keep theirs, ranked across layers.
         Kinds without a size keep every unit. Units scored ``-inf`` go first (iterative pruning).
         Existing fixed gates are updated in place, so the modules a checkpoint holds stay the same.
         """
@@ -233,13 +255,17 @@ class CompressionJob:
         stock config can express it (unless the recipe asks otherwise), else the heterogeneous twin.
         """
         values = self.gates.deterministic()
-        state = model_state(self.model)
+        weights = self.weights()
+        state = self.method.student_state(weights)
         folded = fold_state_dict(state, self.axes, values)
         sizes = {name: int(idx.numel()) for name, idx in folded.kept.items()}
         if sizes.get("hidden", 1) == 0:
             raise TargetError("the hidden gate keeps no unit; nothing of the residual stream is left to fold")
         stock = self._export_stock(sizes)
         config = self.adapter.student_config(sizes, stock=stock)
+        if _untied(weights, state):
+            # Compactors mixed the input embeddings and the output decoder differently: keep both.
+            config.tie_word_embeddings = False
         student = self.adapter.student_class(stock)(config, **self.adapter.student_init_kwargs())
         student.load_state_dict(folded.state_dict, strict=True)
         student.to(next(self.model.parameters()).dtype).eval()
@@ -264,6 +290,17 @@ class CompressionJob:
                 "sublayer was removed, or heads x head size != hidden); use export.format=auto"
             )
         return expressible and fmt != "heterogeneous"
+
+
+def _untied(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> bool:
+    """Whether tensors that shared storage (tied weights) in ``before`` differ in ``after``."""
+    by_storage: dict[tuple[int, tuple], str] = {}
+    for name, tensor in before.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        first = by_storage.setdefault(key, name)
+        if first != name and not torch.equal(after[first], after[name]):
+            return True
+    return False
 
 
 def attach(teacher: PreTrainedModel, recipe: Recipe | str | Path) -> CompressionJob:

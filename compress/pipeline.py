@@ -21,12 +21,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
-from compress.data import text_datasets
 from compress.distill import DistillationLoss
 from compress.errors import CompressError, Interrupted, OutputDirError
-from compress.evaluate import embedding_fidelity, held_out_sentences
 from compress.export import check_output_dir, save_student
 from compress.job import CompressionJob, attach
+from compress.modality import training_data, with_objective
 from compress.recipe import Recipe, load_recipe
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
@@ -165,9 +164,10 @@ def run(
 ) -> Path:
     """Compress ``teacher`` (default: the MiniLM teacher) with ``recipe`` on ``data``; export to ``out``.
 
-    ``data`` defaults to the recipe's ``data.text`` (the built-in ``python-docs`` corpus). Returns the
-    output folder, which holds the student (loadable with ``AutoModel.from_pretrained``), its
-    tokenizer, ``compression.json`` and the run's checkpoints.
+    ``data`` defaults to the recipe's ``data.text`` (the built-in ``python-docs`` corpus), or for a
+    speech teacher (HuBERT, wav2vec2) ``data.audio``: audio files or a dataset with an audio column.
+    Returns the output folder, which holds the student (loadable with ``AutoModel.from_pretrained``),
+    its tokenizer or feature extractor, ``compression.json`` and the run's checkpoints.
     """
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -181,14 +181,13 @@ def run(
     train, seed = recipe.train, recipe.train["seed"]
     trains = train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
     if processor is None and trains:
-        raise CompressError("training needs the teacher's tokenizer: pass processor=tokenizer (or a teacher folder with one)")
-    set_seed(seed)
-    train_blocks, sentences = None, []
-    if processor is not None:
-        train_blocks, _, held_texts = text_datasets(
-            data or recipe.data["text"], processor, train["seq_len"], recipe.data["held_out"], seed, recipe.data["column"]
+        raise CompressError(
+            "training needs the teacher's tokenizer (feature extractor for speech): pass processor=... "
+            "(or a teacher folder with one)"
         )
-        sentences = held_out_sentences(held_texts)
+    set_seed(seed)
+    recipe = with_objective(recipe, teacher)
+    prepared = training_data(recipe, teacher, processor, data)
     job = attach(teacher, recipe)
     width = teacher.config.hidden_size
     distillation = DistillationLoss(recipe.distill, width, width)
@@ -202,12 +201,14 @@ def run(
         trainer = CompressionTrainer(
             model=job.model,
             args=_training_args(recipe, stage_dir, "prune", progress),
-            train_dataset=train_blocks,
+            train_dataset=prepared.train,
+            data_collator=prepared.collator,
             teacher=teacher,
             distillation=distillation,
             job=job,
             gate_lr=train["gate_lr"],
             lambda_lr=train["lambda_lr"],
+            compactor_lr=train["compactor_lr"],
             trainable=trainable,
             relation_layers=_relation_layers(job, job.model),
         )
@@ -217,26 +218,29 @@ def run(
     else:
         metrics = job.method.one_shot()
     job.model.eval()
-    student = job.fold()
-    metrics["encoder_sparsity"] = job.structure().encoder_sparsity
-    if sentences:
-        metrics["fidelity_after_prune"] = embedding_fidelity(teacher, student, processor, sentences)
+    student = job.method.fold()
+    metrics["encoder_sparsity"] = student.compression_record["structure"]["encoder_sparsity"]
+    if prepared.fidelity:
+        metrics["fidelity_after_prune"] = prepared.fidelity(teacher, student)
     if recipe.finetune["max_steps"] > 0:
         stage_dir = out / CHECKPOINTS / "finetune"
         trainer = CompressionTrainer(
             model=student,
             args=_training_args(recipe, stage_dir, "finetune", progress),
-            train_dataset=train_blocks,
+            train_dataset=prepared.train,
+            data_collator=prepared.collator,
             teacher=teacher,
-            distillation=distillation.fold(job.kept()["hidden"]),
+            distillation=job.method.student_distillation(distillation),
             trainable=trainable,
             relation_layers=_relation_layers(job, student),
         )
         logs["finetune"] = _train_stage(trainer, stage_dir, resume, stopper)
         delattr(student, DISTILL_ATTR)
         student.eval()
-        metrics["fidelity_after_finetune"] = embedding_fidelity(teacher, student, processor, sentences)
-    metrics.update(target_sparsity=target, held_out_sentences=len(sentences), minutes=(time.perf_counter() - started) / 60)
+        if prepared.fidelity:
+            metrics["fidelity_after_finetune"] = prepared.fidelity(teacher, student)
+    metrics.update(target_sparsity=target, minutes=(time.perf_counter() - started) / 60)
+    metrics[prepared.held_out_name] = prepared.held_out_count
     if is_main_process():
         _export(student, out, processor, metrics, logs)
     _barrier()

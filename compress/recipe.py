@@ -16,8 +16,16 @@ from compress.errors import RecipeError
 from compress.methods import METHODS
 from pruners import schedules
 
-AXIS_KINDS = ("hidden", "heads", "ffn", "attention", "mlp")
-FAMILIES = ("bert",)
+#: the axis kinds each family can prune (speech: no hidden, see compress/adapters/speech.py)
+FAMILY_AXES = {
+    "bert": ("hidden", "heads", "head_width", "ffn", "attention", "mlp"),
+    "hubert": ("conv", "heads", "ffn", "attention", "mlp"),
+    "wav2vec2": ("conv", "heads", "ffn", "attention", "mlp"),
+}
+AXIS_KINDS = ("hidden", "heads", "head_width", "ffn", "attention", "mlp", "conv")
+#: prune.axes when a recipe gives none: every axis its family can prune (heads rather than head width)
+DEFAULT_AXES = {family: [k for k in kinds if k != "head_width"] for family, kinds in FAMILY_AXES.items()}
+FAMILIES = tuple(FAMILY_AXES)
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
 
 
@@ -55,6 +63,11 @@ def _axis_kinds(v: list) -> str | None:
     bad = [k for k in v if k not in AXIS_KINDS]
     if bad or not v:
         return f"must be a non-empty list of {', '.join(AXIS_KINDS)} (got {v})"
+    if "heads" in v and "head_width" in v:
+        return (
+            "lists both heads and head_width, which prune the same Q/K/V rows (whole heads vs. the width "
+            "of every head); keep one of them"
+        )
     return "lists an axis twice" if len(set(v)) != len(v) else None
 
 
@@ -64,6 +77,15 @@ def _target_sizes(v: dict) -> str | None:
             return f"names unknown axis {kind!r}; axes are {', '.join(AXIS_KINDS)}"
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             return f"size of {kind!r} must be an integer >= 0 (got {size!r})"
+    return None
+
+
+def _compactor_sides(v: dict) -> str | None:
+    for kind, sides in v.items():
+        if kind not in AXIS_KINDS:
+            return f"names unknown axis {kind!r}; axes are {', '.join(AXIS_KINDS)}"
+        if not isinstance(sides, list) or any(side not in ("writer", "reader") for side in sides):
+            return f"entry {kind!r} must be a list of 'writer' and / or 'reader' (got {sides!r})"
     return None
 
 
@@ -87,10 +109,15 @@ SCHEMA: dict[str, Any] = {
     "family": Field(STR, "bert", check=_one_of(FAMILIES)),
     "prune": {
         "method": Field(STR, "l0", check=_one_of(tuple(METHODS))),
-        "axes": Field((list,), list(AXIS_KINDS), check=_axis_kinds),
+        "axes": Field((list,), None, nullable=True, check=_axis_kinds),  # null: DEFAULT_AXES of the family
         "target_sparsity": Field(FLOAT, None, nullable=True, check=_fraction),
         "target": Field((dict,), None, nullable=True, check=_target_sizes),
         "schedule": Field((dict, str), {"kind": "linear", "start_step": 0, "ramp_steps": 1000}, check=_schedule),
+        # method wid: where compactors go (per axis kind: writer and / or reader side), one per axis
+        # side ("shared") or one per module ("per-tensor", WID's layout), and the shrink penalty weight
+        "compactor_sides": Field((dict,), {"hidden": ["writer", "reader"], "heads": ["writer", "reader"], "ffn": ["reader"]}, check=_compactor_sides),
+        "compactor_layout": Field(STR, "shared", check=_one_of(("shared", "per-tensor"))),
+        "shrink_penalty": Field(FLOAT, 0.01, check=_at_least(0.0)),
     },
     "distill": {
         "layers": Field((list,), [], check=_layer_pairs),
@@ -108,6 +135,11 @@ SCHEMA: dict[str, Any] = {
         "lr": Field(FLOAT, 2.0e-4, check=_positive),
         "gate_lr": Field(FLOAT, 0.1, check=_positive),
         "lambda_lr": Field(FLOAT, 0.1, check=_positive),
+        "compactor_lr": Field(FLOAT, 1.0e-3, check=_positive),
+        # distill: losses of the distill section against the teacher; mlm: masked-LM loss alone, teacher-free
+        # (needs a teacher with an MLM head); auto: mlm when the teacher has an MLM head, else distill
+        "objective": Field(STR, "distill", check=_one_of(("distill", "mlm", "auto"))),
+        "mlm_probability": Field(FLOAT, 0.15, check=_fraction_open),
         "warmup_steps": Field(INT, 0, check=_at_least(0)),
         "batch_size": Field(INT, 16, check=_at_least(1)),
         "grad_accum": Field(INT, 1, check=_at_least(1)),
@@ -122,8 +154,12 @@ SCHEMA: dict[str, Any] = {
     },
     "data": {
         "text": Field(STR, "python-docs"),
+        # speech families: a folder of wav / flac files or a dataset with an audio column (compress/audio.py)
+        "audio": Field(STR, None, nullable=True),
         "column": Field(STR, None, nullable=True),
         "held_out": Field(FLOAT, 0.1, check=_fraction_open),
+        "min_seconds": Field(FLOAT, 1.0, check=_positive),
+        "max_seconds": Field(FLOAT, 15.0, check=_positive),
     },
     "export": {"format": Field(STR, "auto", check=_one_of(EXPORT_FORMATS))},
 }
@@ -185,13 +221,28 @@ def _check_target(data: dict[str, Any], source: str) -> None:
             raise RecipeError(f"{source}: 'prune.target' sizes {ungated} for axes not in 'prune.axes' {prune['axes']}")
 
 
+def _check_family_axes(data: dict[str, Any], source: str) -> None:
+    """Refuse axis kinds the recipe's family does not have (conv for text) or cannot prune (hidden for speech)."""
+    family, axes = data["family"], data["prune"]["axes"]
+    allowed = FAMILY_AXES[family]
+    bad = [k for k in axes if k not in allowed]
+    if bad:
+        raise RecipeError(
+            f"{source}: 'prune.axes' lists {bad}, which family {family!r} cannot prune; "
+            f"choose among {', '.join(allowed)}"
+        )
+
+
 class Recipe:
     """A validated recipe. Sections read as dicts: ``recipe.prune["axes"]``; dotted ``recipe["prune.axes"]``."""
 
     def __init__(self, data: Mapping[str, Any], source: str = "recipe") -> None:
         self.source = source
         self._data = _validate(data, SCHEMA, "", source)
+        if self._data["prune"]["axes"] is None:
+            self._data["prune"]["axes"] = list(DEFAULT_AXES[self._data["family"]])
         _check_target(self._data, source)
+        _check_family_axes(self._data, source)
 
     @property
     def name(self) -> str:

@@ -33,13 +33,24 @@ class Structure:
     def to_dict(self) -> dict:
         return {**asdict(self), "encoder_sparsity": round(self.encoder_sparsity, 6)}
 
+    def _conv_lines(self) -> list[str]:
+        """Kept channels of each feature-extractor conv (speech models), or nothing."""
+        conv = [n for name, n in self.sizes.items() if name.startswith("conv.")]
+        return [f"conv channels per layer: {conv}"] if conv else []
+
+    def _attention_line(self) -> str:
+        """Kept heads per layer, or the kept head width where the job prunes width instead of whole heads."""
+        width = self.per_layer("head_width")
+        return f"head width per layer: {width}" if width else f"heads per layer: {self.per_layer('heads')}"
+
     def summary(self) -> str:
         """A short human-readable table of the kept structure."""
         lines = [
             f"hidden: {self.sizes.get('hidden', '-')}",
-            f"heads per layer: {self.per_layer('heads')}",
+            self._attention_line(),
             f"ffn per layer: {self.per_layer('ffn')}",
             f"attention kept: {self.per_layer('attention')}  mlp kept: {self.per_layer('mlp')}",
+            *self._conv_lines(),
             f"parameters: {self.teacher_parameters:,} -> {self.parameters:,}",
             f"encoder parameters: {self.teacher_encoder_parameters:,} -> {self.encoder_parameters:,} "
             f"({self.encoder_sparsity:.1%} removed)",

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import transformers
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoTokenizer, PreTrainedModel
 
 from compress.adapters import ADAPTERS
+from compress.audio import default_feature_extractor
 from compress.errors import CompressError
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,11 @@ def default_teacher_path() -> Path:
 
 
 def load_teacher(path: str | Path | None = None) -> tuple[PreTrainedModel, Any]:
-    """Load a teacher and its tokenizer from a local folder (default: the MiniLM teacher).
+    """Load a teacher and its processor from a local folder (default: the MiniLM teacher).
 
     The class is the one the folder's config names when an adapter supports it (so an MLM or
-    classifier keeps its head), else ``AutoModel``.
+    classifier keeps its head), else ``AutoModel``. The processor is the tokenizer, or for a speech
+    teacher the feature extractor (the family's default when the folder has none).
     """
     folder = Path(path) if path is not None else default_teacher_path()
     if not (folder / "config.json").is_file():
@@ -41,9 +43,20 @@ def load_teacher(path: str | Path | None = None) -> tuple[PreTrainedModel, Any]:
     names = [a for a in (config.architectures or []) if a in supported]
     cls = getattr(transformers, names[0]) if names else AutoModel
     model = cls.from_pretrained(folder)
+    if model.main_input_name == "input_values":
+        return model.eval(), _feature_extractor(folder, model.config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
         logger.warning("no tokenizer in %s (%s); the student is exported without one", folder, err)
         tokenizer = None
     return model.eval(), tokenizer
+
+
+def _feature_extractor(folder: Path, config: Any) -> Any:
+    """The speech teacher's feature extractor from its folder, else the family's default for its config."""
+    try:
+        return AutoFeatureExtractor.from_pretrained(folder)
+    except (OSError, ValueError):
+        logger.warning("no feature extractor in %s; using the default for its config (16 kHz)", folder)
+        return default_feature_extractor(config)

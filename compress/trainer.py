@@ -87,6 +87,7 @@ class CompressionTrainer(Trainer):
         job: CompressionJob | None = None,
         gate_lr: float | None = None,
         lambda_lr: float | None = None,
+        compactor_lr: float | None = None,
         relation_layers: tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]] | None = None,
         trainable: Callable[[str], bool] | None = None,
         **kwargs: Any,
@@ -107,6 +108,7 @@ class CompressionTrainer(Trainer):
             self.add_callback(MethodHooks(self.method))
         self.gate_lr = gate_lr or self.args.learning_rate
         self.lambda_lr = lambda_lr or self.args.learning_rate
+        self.compactor_lr = compactor_lr or self.args.learning_rate
         self._logged: dict[str, list[float]] = defaultdict(list)
         self._captures = None
         if relation_layers is not None:
@@ -124,7 +126,7 @@ class CompressionTrainer(Trainer):
                 capture.detach()
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """AdamW (or ``args.optim``) with separate groups: weights, gates (``log_alpha``), multipliers."""
+        """AdamW (or ``args.optim``) with separate groups: weights, gates (``log_alpha``), multipliers, compactors."""
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
@@ -134,6 +136,7 @@ class CompressionTrainer(Trainer):
             "no_decay": {"params": [], "weight_decay": 0.0},
             "gates": {"params": [], "weight_decay": 0.0, "lr": self.gate_lr},
             "lambdas": {"params": [], "weight_decay": 0.0, "lr": self.lambda_lr},
+            "compactors": {"params": [], "weight_decay": 0.0, "lr": self.compactor_lr},
         }
         for name, param in opt_model.named_parameters():
             if not param.requires_grad:
@@ -142,6 +145,8 @@ class CompressionTrainer(Trainer):
                 key = "gates"
             elif name.startswith(LAGRANGIAN_ATTR):
                 key = "lambdas"
+            elif "compactor" in name:
+                key = "compactors"
             else:
                 key = "decay" if name in decay else "no_decay"
             groups[key]["params"].append(param)
@@ -156,8 +161,10 @@ class CompressionTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        with torch.no_grad():
-            teacher_out = self.teacher(**inputs, output_hidden_states=True)
+        teacher_out = None
+        if self.distillation.needs_teacher:  # a teacher-free objective (MLM alone) skips its forward
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=True)
         student_out = model(**inputs, output_hidden_states=True)
         qkv = {}
         if self._captures is not None:

@@ -1,10 +1,12 @@
-"""L0 pruning with distillation inside your own Hugging Face Trainer script.
+"""L0 or scheduled (magnitude / Taylor) pruning with distillation inside your own Hugging Face Trainer script.
 
 The same pieces `compress run` uses: attach gates to a copy of the teacher, train with
-`CompressionTrainer` (distillation + Lagrangian size control), snap to the exact target, fold, save.
+`CompressionTrainer` (distillation + the method: Lagrangian size control for L0, or top-k pruning
+on a schedule for magnitude / Taylor), settle the exact target, fold, save.
 Works as is under `torchrun --nproc_per_node 2 examples/trainer_script.py ...` (DDP).
 
     python examples/trainer_script.py --out runs/mine --steps 200
+    python examples/trainer_script.py --out runs/taylor --method taylor --schedule schedules:thirds
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--tiny", action="store_true", help="a small random BERT teacher (quick checks)")
-    parser.add_argument("--dump-gates", action="store_true", help="write each rank's gates to OUT/gates-rank<r>.safetensors")
+    parser.add_argument("--method", choices=["l0", "magnitude", "taylor"], default="l0")
+    parser.add_argument(
+        "--schedule", default="schedules:thirds",
+        help="scheduled methods: a module:function (step -> fraction of the removal done), see examples/schedules.py",
+    )
+    parser.add_argument("--dump-gates", action="store_true", help="l0: write each rank's gates to OUT/gates-rank<r>.safetensors")
     args = parser.parse_args()
+    if args.dump_gates and args.method != "l0":
+        parser.error("--dump-gates writes learned log_alpha, which only --method l0 has")
 
     teacher, tokenizer = load_teacher()
     if args.tiny:
@@ -39,10 +48,12 @@ def main() -> None:
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
         teacher = BertModel(config).eval()
     layers = teacher.config.num_hidden_layers
-    recipe = compress.load_recipe("bert-l0").override(
+    # A recipe can name a Python callable as its schedule; this script's folder is on sys.path.
+    schedule = {"kind": "linear", "start_step": 0, "ramp_steps": args.steps // 2} if args.method == "l0" else args.schedule
+    recipe = compress.load_recipe(f"bert-{args.method}").override(
         {
             "prune.target_sparsity": args.sparsity,
-            "prune.schedule": {"kind": "linear", "start_step": 0, "ramp_steps": args.steps // 2},
+            "prune.schedule": schedule,
             "distill.layers": [[i, i] for i in range(0, layers + 1, 2)],
         }
     )
@@ -66,13 +77,13 @@ def main() -> None:
         train_dataset=train_blocks,
         teacher=teacher,
         distillation=DistillationLoss(recipe.distill, width, width),
-        job=job,  # its method (L0: gates + Lagrangian size control) runs inside the Trainer
+        job=job,  # its method (L0: Lagrangian size control; magnitude / Taylor: top-k on the schedule) runs inside
         gate_lr=0.1,
         lambda_lr=0.1,
         trainable=job.adapter.is_backbone,  # the pooler gets no gradient from hidden-state distillation
     )
     trainer.train()
-    job.method.finish()  # L0: snap the learned structure to the exact target
+    job.method.finish()  # L0: snap the learned structure to the exact target; scheduled: the final top-k
     if args.dump_gates:
         rank = int(os.environ.get("RANK", "0"))
         gates = {name: job.gates[name].log_alpha.detach().contiguous() for name in job.gates.names()}

@@ -12,21 +12,27 @@ def uniform_sizes(
     count: Callable[[dict[str, int]], float],
     head_dim: int,
 ) -> dict[str, int]:
-    """Sizes for the gated kinds among hidden / heads / ffn whose count is closest to ``budget``.
+    """Sizes for the gated kinds among hidden / heads or head_width / ffn whose count is closest to ``budget``.
 
-    Every layer gets the same sizes. When both hidden and heads are gated and the teacher's
-    hidden equals heads x head_dim, hidden is tied to heads x head_dim so the student keeps a
-    stock shape. The FFN width, being linear in the count, is solved for exactly. Among
-    candidates that meet the budget equally well, the one that shrinks each kind most evenly wins.
+    Every layer gets the same sizes. When hidden and an attention kind are gated and the teacher's
+    hidden equals heads x head_dim, hidden is tied to kept heads x head_dim (or heads x kept
+    head width) so the student keeps a stock shape. The FFN width, being linear in the count, is
+    solved for exactly. Among candidates that meet the budget equally well, the one that shrinks
+    each kind most evenly wins.
     """
-    shrinkable = [k for k in ("hidden", "heads", "ffn") if k in gated]
-    if not shrinkable:
-        raise ValueError("a size fraction needs at least one of the hidden, heads or ffn axes gated")
-    coupled = "hidden" in gated and "heads" in gated and limits["hidden"] == limits["heads"] * head_dim
+    attention = [k for k in ("heads", "head_width") if k in gated]
+    if len(attention) > 1:
+        raise ValueError("heads and head_width cannot both be gated: they prune the same attention rows")
+    if not any(k in gated for k in ("hidden", *attention, "ffn")):
+        raise ValueError("a size fraction needs at least one of the hidden, heads, head_width or ffn axes gated")
+    # Hidden units that one unit of the attention kind stands for in a stock shape.
+    kind = attention[0] if attention else None
+    coupled = kind is not None and "hidden" in gated and limits["hidden"] == limits["heads"] * head_dim
     if coupled:
-        candidates = [{"heads": k, "hidden": k * head_dim} for k in range(1, limits["heads"] + 1)]
-    elif "heads" in gated:
-        candidates = [{"heads": k} for k in range(1, limits["heads"] + 1)]
+        hidden_per_unit = {"heads": head_dim, "head_width": limits["heads"]}
+        candidates = [{kind: k, "hidden": k * hidden_per_unit[kind]} for k in range(1, limits[kind] + 1)]
+    elif kind is not None:
+        candidates = [{kind: k} for k in range(1, limits[kind] + 1)]
     elif "hidden" in gated:
         candidates = [{"hidden": h} for h in range(1, limits["hidden"] + 1)]
     else:

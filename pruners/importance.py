@@ -21,6 +21,7 @@ def magnitude_importance(state: Mapping[str, torch.Tensor], axis: Axis) -> torch
         return sum(state[name].float().pow(2).sum() for name in axis.owns).reshape(1)
     score = torch.zeros(axis.size)
     for target in [*axis.writers, *axis.readers]:
-        tensor = state[target.tensor].float().transpose(0, target.dim).reshape(axis.size, axis.group, -1)
-        score += tensor.pow(2).sum(dim=(1, 2)).cpu()
+        tensor = state[target.tensor].float().transpose(0, target.dim)
+        # Rows in the axis's (copies, size, group) layout: a unit's score sums all its copies.
+        score += tensor.reshape(axis.copies, axis.size, axis.group, -1).pow(2).sum(dim=(0, 2, 3)).cpu()
     return score

@@ -49,7 +49,7 @@ def count_parameters(
         count: Number = 1
         for dim, length in enumerate(shape):
             axis = dim_axis.get((name, dim))
-            count = count * (sizes.get(axis.name, axis.size) * axis.group if axis is not None else length)
+            count = count * (sizes.get(axis.name, axis.size) * axis.group * axis.copies if axis is not None else length)
         for owner in owners.get(name, []):
             count = count * sizes.get(owner, 1)
         total = total + count

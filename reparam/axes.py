@@ -57,6 +57,16 @@ class Axis:
     say where the gate acts in the forward pass. A unit axis (a whole sublayer) ``owns`` tensors
     that disappear when it keeps nothing; ``parent`` names such an axis when this axis lives
     inside it (heads inside an attention sublayer).
+
+    Rows are laid out as ``(copies, size, group)``: unit ``u`` covers the ``group`` contiguous
+    rows starting at ``u * group``, repeated ``copies`` times every ``stride = size * group`` rows.
+    One copy is a plain axis; the width of attention heads has one copy per head (unit ``j`` is
+    row ``h * head_dim + j`` of every head ``h``).
+
+    ``dot_scaled`` names tensors (scaled whole) that feed a dot product over this axis which the
+    model scales by ``1 / sqrt(units)``, as attention scales ``q . k`` by ``1 / sqrt(head width)``.
+    A student keeping ``k`` units scales by ``1 / sqrt(k)``, so the fold multiplies these tensors
+    by ``sqrt(k / size)`` to keep the product unchanged.
     """
 
     name: str
@@ -69,6 +79,18 @@ class Axis:
     sites: list[GateSite] = field(default_factory=list)
     owns: list[str] = field(default_factory=list)
     parent: str | None = None
+    copies: int = 1
+    dot_scaled: list[str] = field(default_factory=list)
+
+    @property
+    def stride(self) -> int:
+        """Rows between two copies of a unit."""
+        return self.size * self.group
+
+    @property
+    def rows(self) -> int:
+        """Length of every tensor dimension on the axis."""
+        return self.copies * self.stride
 
     def sliced_dims(self) -> list[TensorDim]:
         """Every tensor dimension the fold slices to the kept units of this axis."""

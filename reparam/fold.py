@@ -6,6 +6,7 @@ each gate acts; this module never needs to know module types or names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,20 @@ def kept_indices(axes: list[Axis], values: Mapping[str, torch.Tensor]) -> dict[s
     return kept
 
 
+def unit_rows(axis: Axis, units: torch.Tensor) -> torch.Tensor:
+    """Indices of the tensor rows that ``units`` cover, in the axis's ``(copies, size, group)`` layout."""
+    return torch.arange(axis.rows).reshape(axis.copies, axis.size, axis.group)[:, units].flatten()
+
+
+def dot_scale_correction(axis: Axis, kept: int) -> float:
+    """Factor for an axis's ``dot_scaled`` tensors when it keeps ``kept`` units: ``sqrt(kept / size)``.
+
+    The model scales its dot product over the axis by ``1 / sqrt(size)``, the student by
+    ``1 / sqrt(kept)``; the factor in one operand makes the two products equal.
+    """
+    return math.sqrt(kept / axis.size)
+
+
 def _scale_along(tensor: torch.Tensor, dim: int, factor: torch.Tensor) -> torch.Tensor:
     shape = [1] * tensor.dim()
     shape[dim] = -1
@@ -57,7 +72,8 @@ def fold_state_dict(
 
     1. each gate is multiplied into the tensors at its sites (so the hooks become redundant);
     2. tensors owned by a sublayer that keeps nothing are dropped;
-    3. every tensor dimension on an axis is sliced to that axis's kept units.
+    3. every tensor dimension on an axis is sliced to that axis's kept units;
+    4. tensors in a shrunk axis's ``dot_scaled`` get the attention-scale correction.
     """
     kept = kept_indices(axes, values)
     out = dict(state)
@@ -66,7 +82,7 @@ def fold_state_dict(
         value = values.get(axis.name)
         if value is None:
             continue
-        factor = expand_units(value.detach().to(torch.float32).cpu(), axis.group)
+        factor = expand_units(value.detach().to(torch.float32).cpu(), axis.group, axis.copies)
         for site in axis.sites:
             for target in site.fold_targets():
                 if target.tensor in out and target.tensor not in dropped:
@@ -77,14 +93,28 @@ def fold_state_dict(
     for axis in axes:
         if kept[axis.name].numel() == axis.size:
             continue
-        rows = expand_units(kept[axis.name] * axis.group, axis.group)
-        if axis.group > 1:
-            rows = rows + torch.arange(axis.group).repeat(kept[axis.name].numel())
+        rows = unit_rows(axis, kept[axis.name])
         for target in axis.sliced_dims():
             if target.tensor in dropped:
                 continue
-            if target.tensor not in out:
-                raise KeyError(f"axis {axis.name} names tensor {target.tensor}, which the model does not have")
-            tensor = out[target.tensor]
+            tensor = _named(out, axis, target.tensor)
+            if tensor.shape[target.dim] != axis.rows:
+                raise ValueError(
+                    f"axis {axis.name} spans {axis.rows} rows (copies x size x group) but {target.tensor} "
+                    f"dim {target.dim} has {tensor.shape[target.dim]}; fix the axis's size, group or copies"
+                )
             out[target.tensor] = tensor.index_select(target.dim, rows.to(tensor.device))
+        correction = dot_scale_correction(axis, kept[axis.name].numel())
+        for name in axis.dot_scaled:
+            if name not in dropped:
+                tensor = _named(out, axis, name)
+                # In float64, so the irrational factor rounds once, to the tensor's own precision.
+                out[name] = (tensor.double() * correction).to(tensor.dtype)
     return FoldResult(state_dict=out, kept=kept)
+
+
+def _named(state: Mapping[str, torch.Tensor], axis: Axis, name: str) -> torch.Tensor:
+    """``state[name]``, or an error naming the axis that refers to a tensor the model lacks."""
+    if name not in state:
+        raise KeyError(f"axis {axis.name} names tensor {name}, which the model does not have")
+    return state[name]

@@ -20,9 +20,13 @@ class LiveGates(Protocol):
     def refresh(self) -> None: ...
 
 
-def expand_units(values: torch.Tensor, group: int) -> torch.Tensor:
-    """Repeat each unit's value over the ``group`` tensor rows that make up the unit."""
-    return values.repeat_interleave(group) if group > 1 else values
+def expand_units(values: torch.Tensor, group: int, copies: int = 1) -> torch.Tensor:
+    """One value per tensor row: each unit's value over its ``group`` rows, the whole repeated ``copies`` times.
+
+    This is the ``(copies, size, group)`` row layout of :class:`~reparam.axes.Axis`.
+    """
+    rows = values.repeat_interleave(group) if group > 1 else values
+    return rows.repeat(copies) if copies > 1 else rows
 
 
 class _SiteHook:
@@ -32,6 +36,7 @@ class _SiteHook:
         self.gates = gates
         self.axis_name = axis.name
         self.group = axis.group
+        self.copies = axis.copies
         self.binary = site.binary
         self.dim = site.dim
         self.soft_in_training = site.soft_in_training
@@ -41,7 +46,7 @@ class _SiteHook:
         value = self.gates.values[self.axis_name]
         if self.binary and not (self.soft_in_training and training):
             value = value != 0
-        factor = expand_units(value.to(x.dtype), self.group)
+        factor = expand_units(value.to(x.dtype), self.group, self.copies)
         if self.dim not in (-1, x.dim() - 1):
             shape = [1] * x.dim()
             shape[self.dim] = -1

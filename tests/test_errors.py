@@ -80,8 +80,13 @@ def test_stock_export_of_a_heterogeneous_student_is_refused():
         job.fold()
 
 
-def test_recipe_family_must_match_the_teacher(tmp_path):
+def test_recipe_family_must_be_known_and_match_the_teacher(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: r\nfamily: hubert\nprune: {target_sparsity: 0.5}\n")
-    with pytest.raises(compress.RecipeError, match="'family' must be one of bert"):
+    path.write_text("name: r\nfamily: gpt2\nprune: {target_sparsity: 0.5}\n")
+    with pytest.raises(compress.RecipeError, match="'family' must be one of bert, hubert, wav2vec2"):
         compress.load_recipe(path)
+    path.write_text("name: r\nfamily: hubert\nprune: {target_sparsity: 0.5}\n")
+    speech = compress.load_recipe(path)
+    assert speech.prune["axes"] == ["conv", "heads", "ffn", "attention", "mlp"], "axes default to the family's"
+    with pytest.raises(compress.RecipeError, match="is for family 'hubert' but the teacher BertModel is 'bert'"):
+        compress.attach(transformers.BertModel(tiny_bert_config()), speech)

@@ -214,7 +214,7 @@ def test_recipe_accepts_every_schedule_the_resolver_does():
     [
         ({"kind": "bogus"}, "'prune.schedule' is invalid: unknown schedule kind 'bogus'; known: constant, linear, cub"),
         ({"kind": "linear", "ramp_steps": 10, "rate": 1}, r"unknown keys \['rate'\]"),
-        ({"neurons": {"kind": "constant"}}, r"unknown axis kinds \['neurons'\]; allowed keys: hidden, heads, ffn, att"),
+        ({"neurons": {"kind": "constant"}}, r"unknown axis kinds \['neurons'\]; allowed keys: hidden, heads, head_width, ffn, att"),
         ({"heads": {"kind": "cubic", "start_step": 10, "end_step": 10}}, "schedule for 'heads': .*end_step"),
     ],
 )

@@ -6,9 +6,10 @@ from torch import nn
 
 from compress.adapters.base import FamilyAdapter
 from compress.adapters.bert import BertAdapter
+from compress.adapters.speech import HubertAdapter, Wav2Vec2Adapter
 from compress.errors import UnsupportedModelError
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (BertAdapter,)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (BertAdapter, HubertAdapter, Wav2Vec2Adapter)
 
 
 def supported_models() -> str:

@@ -26,8 +26,12 @@ class FamilyAdapter(ABC):
         return type(model).__name__ in cls.student_classes and isinstance(model, PreTrainedModel)
 
     @abstractmethod
-    def axes(self) -> list[Axis]:
-        """Every axis of the model, gated or not, with parent axes before their children."""
+    def axes(self, head_width: bool = False) -> list[Axis]:
+        """Every axis of the model, gated or not, with parent axes before their children.
+
+        ``head_width``: each layer gets a ``head_width`` axis (the dimensions of every head) in place
+        of ``heads`` (whole heads); the two lie on the same rows, so a model has one or the other.
+        """
 
     @abstractmethod
     def is_encoder(self, name: str) -> bool:

@@ -51,7 +51,7 @@ class BertAdapter(FamilyAdapter):
     def _existing(self, dims: list[TensorDim]) -> list[TensorDim]:
         return [d for d in dims if d.tensor in self.params]
 
-    def axes(self) -> list[Axis]:
+    def axes(self, head_width: bool = False) -> list[Axis]:
         cfg, p = self.config, self.prefix
         emb = f"{p}embeddings"
         hidden = Axis("hidden", "hidden", cfg.hidden_size)
@@ -63,7 +63,9 @@ class BertAdapter(FamilyAdapter):
             layer = self._layer(i)
             modules = self.layer_modules(i)
             norm1, norm2 = f"{layer}.attention.output.LayerNorm", f"{layer}.output.LayerNorm"
-            axes += encoder_layer_axes(i, modules, cfg.num_attention_heads, self.head_dim, cfg.intermediate_size)
+            axes += encoder_layer_axes(
+                i, modules, cfg.num_attention_heads, self.head_dim, cfg.intermediate_size, head_width=head_width
+            )
             add_layer_to_hidden(hidden, modules)
             hidden.normalisers += [norm1, norm2]
             hidden.sites += [GateSite(modules.attention_out), GateSite(norm1), GateSite(modules.ffn_out), GateSite(norm2)]
@@ -101,6 +103,7 @@ class BertAdapter(FamilyAdapter):
         return {
             "hidden": cfg.hidden_size,
             "heads": cfg.num_attention_heads,
+            "head_width": self.head_dim,
             "ffn": cfg.intermediate_size,
             "attention": cfg.num_hidden_layers,
             "mlp": cfg.num_hidden_layers,
@@ -109,32 +112,36 @@ class BertAdapter(FamilyAdapter):
     def _per_layer(self, sizes: Mapping[str, int], kind: str) -> list[int]:
         return [sizes[f"layers.{i}.{kind}"] for i in range(self.config.num_hidden_layers)]
 
+    def _attention_shape(self, sizes: Mapping[str, int]) -> tuple[list[int], list[int]]:
+        """Kept heads and head width per layer: the axis built (heads or head_width) shrinks one of the two."""
+        n = self.config.num_hidden_layers
+        if "layers.0.head_width" in sizes:
+            return [self.config.num_attention_heads] * n, self._per_layer(sizes, "head_width")
+        return self._per_layer(sizes, "heads"), [self.head_dim] * n
+
     def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
-        heads, ffn = set(self._per_layer(sizes, "heads")), set(self._per_layer(sizes, "ffn"))
+        heads, widths = self._attention_shape(sizes)
+        ffn = self._per_layer(sizes, "ffn")
         sublayers = self._per_layer(sizes, "attention") + self._per_layer(sizes, "mlp")
-        return (
-            all(sublayers)
-            and len(heads) == 1
-            and len(ffn) == 1
-            and min(heads) > 0
-            and min(ffn) > 0
-            and min(heads) * self.head_dim == sizes["hidden"]
-        )
+        uniform = all(len(set(per_layer)) == 1 and min(per_layer) > 0 for per_layer in (heads, widths, ffn))
+        # Stock BERT derives the head width from hidden / heads.
+        return all(sublayers) and uniform and heads[0] * widths[0] == sizes["hidden"]
 
     def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
         common = self.config.to_dict()
         for key in ("architectures", "auto_map", "transformers_version", "model_type", "_name_or_path"):
             common.pop(key, None)
         common["hidden_size"] = sizes["hidden"]
+        heads, widths = self._attention_shape(sizes)
         if stock:
-            common["num_attention_heads"] = sizes["layers.0.heads"]
+            common["num_attention_heads"] = heads[0]
             common["intermediate_size"] = sizes["layers.0.ffn"]
             return BertConfig(**common)
         for key in ("num_attention_heads", "intermediate_size"):
             common.pop(key)
         return students.CompressedBertConfig(
-            layer_heads=self._per_layer(sizes, "heads"),
-            layer_head_size=[self.head_dim] * self.config.num_hidden_layers,
+            layer_heads=heads,
+            layer_head_size=widths,
             layer_intermediate_size=self._per_layer(sizes, "ffn"),
             layer_attention=[bool(n) for n in self._per_layer(sizes, "attention")],
             layer_mlp=[bool(n) for n in self._per_layer(sizes, "mlp")],

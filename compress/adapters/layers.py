@@ -33,19 +33,22 @@ class LayerModules:
         return (self.query, self.key, self.value)
 
 
-def encoder_layer_axes(index: int, modules: LayerModules, heads: int, head_dim: int, ffn: int) -> list[Axis]:
-    """The ``attention``, ``heads``, ``mlp`` and ``ffn`` axes of layer ``index``, parents first.
+def encoder_layer_axes(
+    index: int, modules: LayerModules, heads: int, head_dim: int, ffn: int, head_width: bool = False
+) -> list[Axis]:
+    """The ``attention``, ``heads`` (or ``head_width``), ``mlp`` and ``ffn`` axes of layer ``index``, parents first.
 
     Sublayer gates multiply the output projections' outputs (a removed sublayer adds nothing to the
-    residual stream); head and FFN-unit gates multiply the output projections' inputs.
+    residual stream); head and FFN-unit gates multiply the output projections' inputs. With
+    ``head_width`` the layer's heads all keep the same dimensions instead of whole heads being kept
+    or removed (the two axes would lie on the same Q/K/V rows, so a layer has one or the other).
     """
     m = modules
     attention = Axis(f"layers.{index}.attention", "attention", 1, sites=[GateSite(m.attention_out)])
     attention.owns = [f"{name}.{t}" for name in (*m.qkv, m.attention_out) for t in ("weight", "bias")]
-    head_axis = Axis(f"layers.{index}.heads", "heads", heads, group=head_dim, parent=attention.name)
+    head_axis = (_head_width_axis if head_width else _heads_axis)(index, modules, heads, head_dim, attention.name)
     head_axis.writers = [d for name in m.qkv for d in linear_dims(name, 0)]
     head_axis.readers = linear_dims(m.attention_out, 1)
-    head_axis.sites = [GateSite(m.attention_out, on="input")]
     mlp = Axis(f"layers.{index}.mlp", "mlp", 1, sites=[GateSite(m.ffn_out)])
     mlp.owns = [f"{name}.{t}" for name in (m.ffn_in, m.ffn_out) for t in ("weight", "bias")]
     ffn_axis = Axis(f"layers.{index}.ffn", "ffn", ffn, parent=mlp.name)
@@ -53,6 +56,28 @@ def encoder_layer_axes(index: int, modules: LayerModules, heads: int, head_dim: 
     ffn_axis.readers = linear_dims(m.ffn_out, 1)
     ffn_axis.sites = [GateSite(m.ffn_out, on="input")]
     return [attention, head_axis, mlp, ffn_axis]
+
+
+def _heads_axis(index: int, modules: LayerModules, heads: int, head_dim: int, parent: str) -> Axis:
+    """Whole heads: unit h is rows h * head_dim .. (h + 1) * head_dim - 1; its gate scales the head's context."""
+    return Axis(
+        f"layers.{index}.heads", "heads", heads, group=head_dim, parent=parent,
+        sites=[GateSite(modules.attention_out, on="input")],
+    )
+
+
+def _head_width_axis(index: int, modules: LayerModules, heads: int, head_dim: int, parent: str) -> Axis:
+    """Head width: unit j is dimension j of every head (row h * head_dim + j for each head h).
+
+    The gate multiplies the Q, K and V outputs, so ``q . k`` sums over kept dimensions only and
+    dropped value dimensions add nothing. Attention scales scores by ``1 / sqrt(width)``, so the
+    query projection is the axis's ``dot_scaled`` tensor: the fold corrects the narrower student's scale in it.
+    """
+    return Axis(
+        f"layers.{index}.head_width", "head_width", head_dim, copies=heads, parent=parent,
+        sites=[GateSite(name) for name in modules.qkv],
+        dot_scaled=[f"{modules.query}.weight", f"{modules.query}.bias"],
+    )
 
 
 def add_layer_to_hidden(hidden: Axis, modules: LayerModules) -> None:

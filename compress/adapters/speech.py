@@ -40,11 +40,21 @@ from compress.students import modeling_compressed_hubert as students
 from reparam import Axis, GateSite, TensorDim
 
 #: Config entries that describe the saved object rather than the architecture.
-_META_KEYS = ("architectures", "auto_map", "transformers_version", "model_type", "_name_or_path", "num_feat_extract_layers")
+_META_KEYS = (
+    "architectures",
+    "auto_map",
+    "transformers_version",
+    "model_type",
+    "_name_or_path",
+    "num_feat_extract_layers",
+)
 
 
 class SpeechAdapter(FamilyAdapter):
-    """Axes of a HuBERT-style speech encoder (base model, CTC or sequence-classification head)."""
+    """Axes of a HuBERT-style speech encoder (base model, CTC or sequence-classification head).
+
+    ``model`` is the job's copy of the teacher: its LayerDrop is switched off (see ``__init__``).
+    """
 
     #: the heterogeneous config class of the family
     compressed_config: type[PretrainedConfig]
@@ -53,6 +63,9 @@ class SpeechAdapter(FamilyAdapter):
         super().__init__(model)
         self.config = model.config
         self._check_supported()
+        # Layer-to-layer distillation needs every layer's output, so LayerDrop (a fine-tuning regulariser)
+        # is off in the gated copy and in the student it folds into; set config.layerdrop to fine-tune again.
+        self.config.layerdrop = 0.0
         self.prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
         self.head_dim = self.config.hidden_size // self.config.num_attention_heads
         self.params = {name for name, _ in model.named_parameters()} | set(model.state_dict())
@@ -92,7 +105,8 @@ class SpeechAdapter(FamilyAdapter):
         axes = [Axis("hidden", "hidden", cfg.hidden_size)]
         axes += [self._conv_axis(j) for j in range(len(cfg.conv_dim))]
         for i in range(cfg.num_hidden_layers):
-            layer_axes = encoder_layer_axes(i, self.layer_modules(i), cfg.num_attention_heads, self.head_dim, cfg.intermediate_size)
+            modules = self.layer_modules(i)
+            layer_axes = encoder_layer_axes(i, modules, cfg.num_attention_heads, self.head_dim, cfg.intermediate_size)
             if cfg.do_stable_layer_norm:
                 # Pre-LN: each sublayer's input LayerNorm goes with the sublayer.
                 attention, _, mlp, _ = layer_axes
@@ -136,7 +150,8 @@ class SpeechAdapter(FamilyAdapter):
         return name.startswith(self.prefix)
 
     def is_backbone(self, name: str) -> bool:
-        return name.startswith(self.prefix)
+        """The base model: here the same parameters as ``is_encoder``."""
+        return self.is_encoder(name)
 
     def attention_projections(self, layer: int) -> tuple[str, str, str]:
         return self.layer_modules(layer).qkv

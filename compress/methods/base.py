@@ -16,6 +16,9 @@ from pruners import FixedGate, Gate
 from reparam import Axis
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from compress.distill import DistillationLoss
     from compress.job import CompressionJob
 
 
@@ -46,9 +49,21 @@ class PruningMethod:
     def after_step(self, step: int) -> None:
         """Called once the optimiser has updated the weights for ``step`` (``step`` counts from 1)."""
 
+    def student_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's tensors as the fold should see them (a method that re-parameterises weights composes here)."""
+        return state
+
     def finish(self) -> dict[str, float]:
         """After training: settle the exact structure the fold keeps; returns metrics to record."""
         return {}
+
+    def fold(self) -> PreTrainedModel:
+        """The dense student after stage 1: the job's fold over the axes (a method that removes whole layers folds itself)."""
+        return self.job.fold()
+
+    def student_distillation(self, distillation: DistillationLoss) -> DistillationLoss:
+        """Stage 1's distillation loss adapted to the folded student (projections sliced to its kept hidden units)."""
+        return distillation.fold(self.job.kept()["hidden"])
 
     def one_shot(self) -> dict[str, float]:
         """Without training (``train.max_steps = 0``): choose the structure from the teacher's weights."""

@@ -1,7 +1,8 @@
 """Student classes for shapes a stock config cannot express, registered with the Auto classes.
 
-``modeling_compressed_bert.py`` is self-contained (torch + transformers only): export copies it
-beside the weights so ``trust_remote_code=True`` loads a student without this library.
+``modeling_compressed_bert.py`` and ``modeling_compressed_hubert.py`` (HuBERT and wav2vec2) are
+self-contained (torch + transformers only): export copies them beside the weights so
+``trust_remote_code=True`` loads a student without this library.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from pathlib import Path
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForCTC,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
 
 from compress.students import modeling_compressed_bert as bert
+from compress.students import modeling_compressed_hubert as speech
 
 #: (config class, {Auto class name: model class}, the modeling file to copy on export)
 STUDENT_FAMILIES = [
@@ -30,10 +34,30 @@ STUDENT_FAMILIES = [
         },
         Path(bert.__file__),
     ),
+    (
+        speech.CompressedHubertConfig,
+        {
+            "AutoModel": speech.CompressedHubertModel,
+            "AutoModelForCTC": speech.CompressedHubertForCTC,
+            "AutoModelForAudioClassification": speech.CompressedHubertForSequenceClassification,
+        },
+        Path(speech.__file__),
+    ),
+    (
+        speech.CompressedWav2Vec2Config,
+        {
+            "AutoModel": speech.CompressedWav2Vec2Model,
+            "AutoModelForCTC": speech.CompressedWav2Vec2ForCTC,
+            "AutoModelForAudioClassification": speech.CompressedWav2Vec2ForSequenceClassification,
+        },
+        Path(speech.__file__),
+    ),
 ]
 
 _AUTO = {
     "AutoModel": AutoModel,
+    "AutoModelForAudioClassification": AutoModelForAudioClassification,
+    "AutoModelForCTC": AutoModelForCTC,
     "AutoModelForMaskedLM": AutoModelForMaskedLM,
     "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
     "AutoModelForTokenClassification": AutoModelForTokenClassification,

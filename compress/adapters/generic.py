@@ -1,0 +1,146 @@
+"""A fallback adapter for transformers encoders without a family adapter: FFN units from torch-pruning groups.
+
+torch-pruning traces the model and finds its coupled channel groups. A group of exactly one Linear's
+outputs read by exactly one Linear's inputs, inside a numbered layer, whose width is the config's
+FFN size, is an FFN: its units can go, with the gate on the second projection's input (exact fold,
+as for BERT's ``ffn`` axis). Only FFN units are pruned here: removing hidden units or heads would
+change sizes a stock config ties together (head width = hidden / heads), which needs an adapter.
+Every layer keeps the same width, so the student is saved with the teacher's stock config and class.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from compress.adapters.base import FamilyAdapter
+from compress.adapters.layers import linear_dims
+from compress.errors import TargetError, UnsupportedModelError
+from pruners.tp_groups import CoupledGroup, linear_groups
+from reparam import Axis, GateSite
+
+#: config keys that hold the FFN width, by family (BERT / ViT, DistilBERT, BART-style, T5)
+FFN_CONFIG_KEYS = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim", "d_ff")
+_LAYER = re.compile(r"^(.*?\.)(\d+)\.")
+_TOKENS = 8
+
+
+def example_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A one-example batch of the model's main input (token ids, pixels or audio), to trace its forward pass."""
+    config, name = model.config, model.main_input_name
+    device = next(model.parameters()).device
+    if name == "input_ids":
+        batch = torch.arange(1, _TOKENS + 1).remainder(config.vocab_size).unsqueeze(0)
+    elif name == "pixel_values":
+        size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
+        batch = torch.zeros(1, config.num_channels, *size)
+    elif name == "input_values":
+        batch = torch.zeros(1, 4000)
+    else:
+        raise UnsupportedModelError(
+            f"cannot build an example input for {type(model).__name__} (main input {name!r}); "
+            "models that take input_ids, pixel_values or input_values are supported"
+        )
+    return {name: batch.to(device)}
+
+
+def _ffn_key(config: PretrainedConfig) -> str:
+    for key in FFN_CONFIG_KEYS:
+        if isinstance(getattr(config, key, None), int):
+            return key
+    raise UnsupportedModelError(
+        f"{type(config).__name__} has none of the FFN width keys {', '.join(FFN_CONFIG_KEYS)}; the generic path "
+        "prunes FFN units and writes the kept width back to that key"
+    )
+
+
+def _ffn_layer(group: CoupledGroup, width: int, model: nn.Module) -> tuple[int, str, str, str] | None:
+    """``(layer index, layer prefix, first projection, second projection)`` when ``group`` is a layer's FFN."""
+    writers = [m.module for m in group.members if m.side == "out"]
+    readers = [m.module for m in group.members if m.side == "in"]
+    if group.size != width or len(writers) != 1 or len(readers) != 1:
+        return None
+    if not all(isinstance(model.get_submodule(name), nn.Linear) for name in (*writers, *readers)):
+        return None
+    match = _LAYER.match(writers[0])
+    if match is None or not readers[0].startswith(match.group(0)):
+        return None
+    return int(match.group(2)), match.group(1), writers[0], readers[0]
+
+
+class GenericAdapter(FamilyAdapter):
+    """The FFN units of any transformers encoder whose config names its FFN width (see module docstring)."""
+
+    family = "generic"
+    student_classes: Mapping[str, str] = {}
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model)
+        self.ffn_key = _ffn_key(model.config)
+        self.width = getattr(model.config, self.ffn_key)
+        found = [_ffn_layer(g, self.width, model) for g in linear_groups(model, example_inputs(model))]
+        self.layers = sorted(f for f in found if f is not None)
+        if not self.layers:
+            raise UnsupportedModelError(
+                f"found no FFN of width {self.width} ({self.ffn_key}) in {type(model).__name__}: no layer has a "
+                "Linear whose outputs only one other Linear reads"
+            )
+        prefixes = {prefix for _, prefix, _, _ in self.layers}
+        if len(prefixes) != 1 or len({i for i, *_ in self.layers}) != len(self.layers):
+            raise UnsupportedModelError(f"FFNs of {type(model).__name__} lie in more than one stack of layers: {prefixes}")
+        self.prefix = prefixes.pop()
+        self.params = set(model.state_dict())
+
+    def axes(self) -> list[Axis]:
+        axes = []
+        for index, _, first, second in self.layers:
+            axis = Axis(f"layers.{index}.ffn", "ffn", self.width, sites=[GateSite(second, on="input")])
+            axis.writers = [d for d in linear_dims(first, 0) if d.tensor in self.params]
+            axis.readers = linear_dims(second, 1)
+            axes.append(axis)
+        return axes
+
+    def is_encoder(self, name: str) -> bool:
+        return name.startswith(self.prefix)
+
+    def is_backbone(self, name: str) -> bool:
+        base = self.model.base_model_prefix
+        return self.model.base_model is self.model or name.startswith(f"{base}.")
+
+    def attention_projections(self, layer: int) -> tuple[str, str, str]:
+        raise UnsupportedModelError(
+            "attention-relation distillation needs a family adapter to find the Q/K/V projections; "
+            "set distill.attention_relation=0 for models on the generic path"
+        )
+
+    def kind_limits(self) -> dict[str, int]:
+        return {"ffn": self.width}
+
+    def _widths(self, sizes: Mapping[str, int]) -> set[int]:
+        return {sizes[f"layers.{index}.ffn"] for index, *_ in self.layers}
+
+    def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
+        widths = self._widths(sizes)
+        return len(widths) == 1 and min(widths) > 0
+
+    def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
+        self._require_stock(stock)
+        config = copy.deepcopy(self.model.config)
+        setattr(config, self.ffn_key, self._widths(sizes).pop())
+        return config
+
+    def student_class(self, stock: bool) -> type[PreTrainedModel]:
+        self._require_stock(stock)
+        return type(self.model)
+
+    def _require_stock(self, stock: bool) -> None:
+        if not stock:
+            raise TargetError(
+                "the generic path saves students with the teacher's stock config only: every layer must keep "
+                "the same number of FFN units (> 0) and export.format must be auto or stock"
+            )

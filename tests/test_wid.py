@@ -1,0 +1,165 @@
+"""WID: compactors are the identity at attach, fold exactly when perturbed, and train through the driver."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import compress
+from compress.methods import COMPACTORS_ATTR
+from conftest import tiny_bert_config, token_batch
+from reparam.compactors import compose_compactors
+from test_export import _load_elsewhere
+
+WID = {"prune.method": "wid", "prune.axes": ["hidden", "heads", "ffn"]}
+
+
+def _perturb(job: compress.CompressionJob, scale: float, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for compactor in job.method.compactors.compactors.values():
+            compactor.weight.add_(torch.randn(compactor.weight.shape, generator=generator) * scale)
+
+
+def _restricted(job: compress.CompressionJob, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return job.model.eval()(**batch).last_hidden_state[..., job.kept()["hidden"]]
+
+
+def test_at_attach_the_compacted_model_is_the_teacher(minilm, sentences):
+    teacher, tokenizer = minilm
+    job = compress.attach(teacher, compress.load_recipe("bert-wid"))
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = teacher.eval()(**batch).last_hidden_state
+        got = job.model.eval()(**batch).last_hidden_state
+    assert (got - expected).abs().max() <= 1e-5
+    assert any("compactor" in name for name, _ in job.model.named_parameters())
+
+
+def test_default_compactors_cost_less_than_the_teacher(minilm):
+    teacher, _ = minilm
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    shared = compress.attach(teacher, compress.load_recipe("bert-wid")).method.compactor_parameters()
+    per_tensor = compress.attach(
+        teacher, compress.load_recipe("bert-wid").override({"prune.compactor_layout": "per-tensor"})
+    ).method.compactor_parameters()
+    assert 0 < shared < teacher_params
+    assert per_tensor > shared, "WID's own per-module layout is still available, and larger"
+
+
+def test_perturbed_compactors_fold_exactly_into_a_stock_student(minilm, sentences, tmp_path):
+    teacher, tokenizer = minilm
+    recipe = compress.load_recipe("bert-wid").override({"prune.target_sparsity": None, "prune.target": {"hidden": 256, "heads": 8, "ffn": 1024}})
+    job = compress.attach(teacher, recipe)
+    _perturb(job, 0.05)
+    job.method.one_shot()
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    expected = _restricted(job, batch)
+    student = job.fold()
+    assert type(student) is transformers.BertModel, "a uniform student uses the stock config"
+    assert student.config.hidden_size == 256 and student.config.intermediate_size == 1024
+    with torch.no_grad():
+        got = student(**batch).last_hidden_state
+    assert (got - expected).abs().max() <= 1e-4
+    # The compactors changed the model: the student is not the teacher's plain top-k slice.
+    plain = compress.attach(teacher, recipe)
+    plain.method.one_shot()
+    assert (_restricted(plain, batch) - expected).abs().max() > 1e-2
+    compress.save_student(student, tmp_path / "student", processor=tokenizer)
+    loaded_class, out = _load_elsewhere(tmp_path / "student", "AutoModel", False, dict(batch), tmp_path)
+    assert loaded_class == "BertModel"
+    assert (out - got).abs().max() <= 1e-5
+
+
+def test_random_heterogeneous_structure_folds_exactly_with_every_head():
+    torch.manual_seed(0)
+    for model_cls in (transformers.BertModel, transformers.BertForMaskedLM, transformers.BertForSequenceClassification):
+        teacher = model_cls(tiny_bert_config()).eval()
+        job = compress.attach(teacher, compress.load_recipe("bert-wid").override({**WID, "prune.compactor_layout": "per-tensor"}))
+        _perturb(job, 0.1)
+        generator = torch.Generator().manual_seed(1)
+        scores = {name: torch.rand(job.gates[name].size, generator=generator) for name in job.gates.names()}
+        job.keep_top({"hidden": 40, "heads": 4, "ffn": 50}, scores)
+        batch = token_batch(teacher.config.vocab_size)
+        with torch.no_grad():
+            gated = job.model.eval()(**batch)
+            folded = job.fold()(**batch)
+        if hasattr(gated, "logits"):  # MLM and classifier heads read the hidden axis: whole outputs match
+            assert (folded.logits - gated.logits).abs().max() <= 1e-4
+        else:
+            kept = job.kept()["hidden"]
+            assert (folded.last_hidden_state - gated.last_hidden_state[..., kept]).abs().max() <= 1e-4
+
+
+def test_fold_refuses_a_compactor_that_still_carries_a_removed_unit():
+    teacher = transformers.BertModel(tiny_bert_config()).eval()
+    job = compress.attach(teacher, compress.load_recipe("bert-wid").override(WID))
+    job.method.one_shot()
+    kept = job.kept()
+    removed_hidden = next(i for i in range(48) if i not in set(kept["hidden"].tolist()))
+    compose_compactors(job.weights(), job.axes, job.method.compactors, kept)  # consistent: folds
+    compactor = job.method.compactors.for_axis("hidden")[0][1]
+    assert compactor.side == "writer"
+    with torch.no_grad():
+        compactor.weight[removed_hidden, 0] = 0.5  # the removed unit would still write something
+    with pytest.raises(ValueError, match="non-zero on removed units"):
+        compose_compactors(job.weights(), job.axes, job.method.compactors, kept)
+
+
+def test_shrinking_follows_the_schedule_and_the_penalty_empties_doomed_rows():
+    torch.manual_seed(0)
+    teacher = transformers.BertModel(tiny_bert_config()).eval()
+    schedule = {"kind": "linear", "start_step": 0, "end_step": 20, "interval": 5}
+    recipe = compress.load_recipe("bert-wid").override({**WID, "prune.schedule": schedule, "prune.shrink_penalty": 0.05})
+    job = compress.attach(teacher, recipe)
+    method = job.method
+    optimizer = torch.optim.Adam(getattr(job.model, COMPACTORS_ATTR).parameters(), lr=1e-2)
+    seen = []
+    for step in range(1, 26):  # the shrink penalty alone drives the compactors here
+        penalty = method.loss_terms(step - 1).get("penalty")
+        if penalty is not None:
+            optimizer.zero_grad()
+            penalty.backward()
+            optimizer.step()
+        method.after_step(step)
+        seen.append((step, method.current_sizes(), float(penalty.detach()) if penalty is not None else 0.0))
+    sizes_at = {step: sizes for step, sizes, _ in seen}
+    assert sizes_at[4] == {kind: method.limits[kind] for kind in method.final}, "nothing goes before the first interval"
+    assert sizes_at[20] == method.final and sizes_at[25] == method.final
+    assert sizes_at[10]["ffn"] < method.limits["ffn"] and sizes_at[10]["ffn"] > method.final["ffn"]
+    penalties = [p for _, _, p in seen if p > 0]
+    assert penalties[3] < penalties[0], "the penalty shrinks the rows of the units due to go"
+    kept = job.kept()
+    for axis in job.gated_axes():
+        for site, compactor in method.compactors.for_axis(axis.name):
+            norms = compactor.unit_norms(axis)
+            removed = torch.ones(axis.size, dtype=torch.bool)
+            removed[kept[axis.name]] = False
+            assert torch.all(norms[removed] == 0), f"{site.key}: removed units are exactly zero"
+
+
+def test_wid_recipe_runs_through_the_driver(tmp_path, minilm):
+    _, tokenizer = minilm
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+    teacher_dir = tmp_path / "teacher"
+    transformers.BertModel(config).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    overrides = {
+        "train.max_steps": 30, "train.batch_size": 4, "train.seq_len": 32, "train.logging_steps": 5, "train.save_steps": 10,
+        "finetune.max_steps": 10, "prune.schedule": {"kind": "cubic", "start_step": 0, "end_step": 20, "interval": 5},
+        "distill.layers": [[0, 0], [1, 1], [2, 2]],
+    }
+    out = compress.run("bert-wid", teacher=teacher_dir, out=tmp_path / "run", overrides=overrides, progress=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert abs(record["structure"]["encoder_sparsity"] - 0.5) <= 0.01
+    assert record["metrics"]["compactor_parameters"] > 0
+    logs = json.loads((out / "training_log.json").read_text())["prune"]
+    penalties = [e["shrink_penalty"] for e in logs if "shrink_penalty" in e]
+    assert penalties and penalties[-1] < penalties[0]
+    student = transformers.AutoModel.from_pretrained(out)
+    assert sum(p.numel() for p in student.parameters()) == record["student_parameters"]
