@@ -12,36 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import compress
+from compress.measure import forward_flops, timed_rounds, token_batch
 from compress.teachers import load_teacher
-
-
-def forward_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(**batch)
-    return counter.get_total_flops()
-
-
-def timed_rounds(models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor], rounds: int) -> dict[str, float]:
-    """Median seconds per forward for each model, alternating models every round."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for model in models.values():
-            for _ in range(2):
-                model(**batch)
-        for _ in range(rounds):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(**batch)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def encoder_parameters(model: torch.nn.Module) -> int:
@@ -66,11 +43,7 @@ def main() -> None:
         students[f"student ({fmt} class)"] = job.fold().eval()
     models = {"teacher": teacher.eval(), **students}
 
-    generator = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(1000, tokenizer.vocab_size, (args.batch, args.seq), generator=generator),
-        "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
-    }
+    batch = token_batch(tokenizer.vocab_size, args.batch, args.seq)
     latency = timed_rounds(models, batch, args.rounds)
     rows = []
     for name, model in models.items():

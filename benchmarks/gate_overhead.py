@@ -67,7 +67,7 @@ def main() -> None:
         "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for name, step in steps.items():
+    for step in steps.values():
         step(batch, 0)  # warm-up
     for r in range(args.rounds):
         for name, step in steps.items():

@@ -22,6 +22,7 @@ import yaml
 import compress
 from compress.data import text_datasets
 from compress.evaluate import embedding_fidelity, held_out_sentences
+from compress.report import load_run
 from compress.teachers import load_teacher
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     started = time.perf_counter()
     compress.run(recipe, out=run_dir, overwrite=True)
     minutes = (time.perf_counter() - started) / 60
-    record = json.loads((run_dir / "compression.json").read_text())
+    record, _ = load_run(run_dir)
 
     teacher, tokenizer = load_teacher()
     data, seed = recipe.data, recipe.train["seed"]

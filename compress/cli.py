@@ -1,4 +1,4 @@
-"""The ``compress`` command: ``compress run RECIPE ...`` and ``compress recipes``."""
+"""The ``compress`` command: ``compress run RECIPE ...``, ``compress report DIR`` and ``compress recipes``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from compress.pipeline import is_main_process, run
+    from compress.report import fidelity_line
 
     recipe = load_recipe(args.recipe).override(dict(_parse_override(o) for o in args.overrides))
     out = run(recipe, teacher=args.teacher, data=args.data, out=args.out, overwrite=args.overwrite, resume=args.resume)
@@ -32,10 +33,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
     print(f"student written to {out} ({record['format']} config, model_type {record['model_type']})")
     print(Structure.from_dict(record["structure"]).summary())
-    fidelity = {k: v for k, v in record.get("metrics", {}).items() if k.startswith("fidelity")}
+    fidelity = fidelity_line(record.get("metrics", {}))
     if fidelity:
-        print("held-out fidelity (Spearman of pairwise cosine similarities, teacher vs student): "
-              + ", ".join(f"{k.removeprefix('fidelity_').replace('_', ' ')} {v:.3f}" for k, v in fidelity.items()))
+        print(fidelity)
     return 0
 
 
@@ -45,6 +45,17 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         prune = recipe.prune
         target = prune["target"] or f"{prune['target_sparsity']:.0%} of encoder parameters"
         print(f"{name:24s} family={recipe.family:8s} method={prune['method']:10s} target={target}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from compress.report import build_report
+
+    report = build_report(
+        args.dir, teacher=args.teacher, latency=not args.no_latency, plots=not args.no_plots, plot_dir=args.plot_dir,
+        batch=args.batch, seq=args.seq, seconds=args.seconds, rounds=args.rounds,
+    )
+    print(report.text())
     return 0
 
 
@@ -62,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. prune.target_sparsity=0.6")
     run.set_defaults(func=_cmd_run)
+    report = sub.add_parser("report", help="per-layer structure, parameters, MACs and CPU latency of a run, with plots")
+    report.add_argument("dir", help="a run's output folder (holds compression.json)")
+    report.add_argument("--teacher", help="the teacher's model folder (default: the one compression.json names)")
+    report.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    report.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
+    report.add_argument("--plot-dir", help="where the PNGs go (default: DIR)")
+    report.add_argument("--batch", type=int, default=8, help="latency batch size (default 8)")
+    report.add_argument("--seq", type=int, default=128, help="tokens per sequence for MACs and latency (default 128)")
+    report.add_argument("--seconds", type=float, default=1.0, help="speech: seconds of audio per input (default 1)")
+    report.add_argument("--rounds", type=int, default=10, help="latency: timed rounds per model (default 10)")
+    report.set_defaults(func=_cmd_report)
     recipes = sub.add_parser("recipes", help="list the bundled recipes")
     recipes.set_defaults(func=_cmd_recipes)
     return parser

@@ -15,6 +15,7 @@ from compress.errors import OutputDirError
 from compress.students import STUDENT_FAMILIES, remote_code_for
 
 RECORD_FILE = "compression.json"
+TRAINING_LOG_FILE = "training_log.json"
 
 
 def check_output_dir(out: Path, overwrite: bool, protected: list[str | Path] = ()) -> None:

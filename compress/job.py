@@ -137,7 +137,17 @@ class CompressionJob:
         return base + best
 
     def _sizes_by_kind(self, by_kind: Mapping[str, int]) -> dict[str, int]:
-        return {a.name: by_kind[a.kind] for a in self.axes if a.kind in by_kind}
+        """Per-axis sizes from sizes by kind; a one-unit (sublayer) kind's size is how many layers keep it."""
+        sizes, seen = {}, dict.fromkeys(by_kind, 0)
+        for axis in self.axes:
+            if axis.kind not in by_kind:
+                continue
+            if axis.size == 1:
+                sizes[axis.name] = int(seen[axis.kind] < by_kind[axis.kind])
+                seen[axis.kind] += 1
+            else:
+                sizes[axis.name] = by_kind[axis.kind]
+        return sizes
 
     def structure(self) -> Structure:
         """Kept units per axis under the deterministic gates, and the parameter counts they give."""
@@ -247,9 +257,13 @@ class CompressionJob:
         """Indices of the teacher units each axis keeps under the deterministic gates."""
         return kept_indices(self.axes, self.gates.deterministic())
 
-    @torch.no_grad()
     def fold(self) -> PreTrainedModel:
-        """The dense student: gates multiplied into weights, pruned units sliced away.
+        """The dense student the method's structure stands for (see ``fold_axes``; layer drop truncates)."""
+        return self.method.fold()
+
+    @torch.no_grad()
+    def fold_axes(self) -> PreTrainedModel:
+        """The dense student over the axes: gates multiplied into weights, pruned units sliced away.
 
         In eval mode its outputs equal ``model``'s on the kept hidden units. Stock class when a
         stock config can express it (unless the recipe asks otherwise), else the heterogeneous twin.

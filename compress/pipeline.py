@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from compress.distill import DistillationLoss
 from compress.errors import CompressError, Interrupted, OutputDirError
-from compress.export import check_output_dir, save_student
+from compress.export import TRAINING_LOG_FILE, check_output_dir, save_student
 from compress.job import CompressionJob, attach
 from compress.modality import training_data, with_objective
 from compress.recipe import Recipe, load_recipe
@@ -218,7 +218,7 @@ def run(
     else:
         metrics = job.method.one_shot()
     job.model.eval()
-    student = job.method.fold()
+    student = job.fold()
     metrics["encoder_sparsity"] = student.compression_record["structure"]["encoder_sparsity"]
     if prepared.fidelity:
         metrics["fidelity_after_prune"] = prepared.fidelity(teacher, student)
@@ -258,5 +258,5 @@ def _export(student: PreTrainedModel, out: Path, processor: Any, metrics: dict, 
     staged.rmdir()
     if not any((out / CHECKPOINTS).iterdir()):
         (out / CHECKPOINTS).rmdir()
-    (out / "training_log.json").write_text(json.dumps(logs, indent=2) + "\n", encoding="utf-8")
+    (out / TRAINING_LOG_FILE).write_text(json.dumps(logs, indent=2) + "\n", encoding="utf-8")
     logger.info("student written to %s", out)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import BertConfig
+from transformers import BertConfig, BertModel
 
 import compress
 from compress.teachers import load_teacher
@@ -25,6 +27,20 @@ def sentences() -> list[str]:
         "A short one.",
         "def fold(model): return model  # code and prose mixed together, with punctuation!",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, minilm) -> Path:
+    """A small random BERT with the real MiniLM tokenizer, saved like a user's model folder."""
+    _, tokenizer = minilm
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
+    )
+    folder = tmp_path_factory.mktemp("teacher")
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def tiny_bert_config(**overrides) -> BertConfig:

@@ -63,7 +63,7 @@ def test_layer_drop_fold_is_the_truncated_teacher(teacher_dir):
     recipe = compress.load_recipe("bert-layer-drop").override({"prune.target": {"attention": 2, "mlp": 2}})
     job = compress.attach(teacher, recipe)
     job.method.one_shot()
-    student = job.method.fold()
+    student = job.fold()
     assert job.method.kept_layers == [0, 2]
     assert type(student) is transformers.BertModel and student.config.num_hidden_layers == 2
     truncated = copy.deepcopy(teacher)

@@ -32,20 +32,6 @@ SHORT = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher_dir(tmp_path_factory, minilm) -> Path:
-    """A small random BERT with the real MiniLM tokenizer, saved like a user's model folder."""
-    _, tokenizer = minilm
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
-    )
-    folder = tmp_path_factory.mktemp("teacher")
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _overrides(extra: dict | None = None) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in {**SHORT, **(extra or {})}.items()]
 

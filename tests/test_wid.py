@@ -140,6 +140,11 @@ def test_shrinking_follows_the_schedule_and_the_penalty_empties_doomed_rows():
             removed = torch.ones(axis.size, dtype=torch.bool)
             removed[kept[axis.name]] = False
             assert torch.all(norms[removed] == 0), f"{site.key}: removed units are exactly zero"
+    batch = token_batch(teacher.config.vocab_size)
+    expected = _restricted(job, batch)
+    with torch.no_grad():
+        got = job.fold()(**batch).last_hidden_state
+    assert (got - expected).abs().max() <= 1e-4, "after training the fold is exact"
 
 
 def test_wid_recipe_runs_through_the_driver(tmp_path, minilm):
@@ -163,3 +168,55 @@ def test_wid_recipe_runs_through_the_driver(tmp_path, minilm):
     assert penalties and penalties[-1] < penalties[0]
     student = transformers.AutoModel.from_pretrained(out)
     assert sum(p.numel() for p in student.parameters()) == record["student_parameters"]
+
+
+def test_compactors_on_head_width_fold_exactly_with_the_attention_scale_correction(minilm, sentences):
+    teacher, tokenizer = minilm
+    recipe = compress.load_recipe("bert-wid").override(
+        {
+            "prune.axes": ["hidden", "head_width", "ffn"],
+            "prune.compactor_sides": {"hidden": ["writer", "reader"], "head_width": ["writer", "reader"]},
+            "prune.target_sparsity": None,
+            "prune.target": {"hidden": 384, "head_width": 20, "ffn": 1024},
+        }
+    )
+    job = compress.attach(teacher, recipe)
+    assert job.method.compactors.for_axis("layers.0.head_width"), "the width axis got its compactors"
+    _perturb(job, 0.02)
+    job.method.one_shot()
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    expected = _restricted(job, batch)
+    student = job.fold()
+    assert student.config.layer_head_size == [20] * 6
+    with torch.no_grad():
+        got = student(**batch).last_hidden_state
+    assert (got - expected).abs().max() <= 1e-4
+
+
+def test_mlm_objective_is_teacher_free_and_trains_the_masked_lm_loss(tmp_path, minilm):
+    _, tokenizer = minilm
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+    teacher_dir = tmp_path / "teacher"
+    transformers.BertForMaskedLM(config).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    overrides = {
+        "train.objective": "auto", "train.max_steps": 24, "train.batch_size": 4, "train.seq_len": 32, "train.lr": 1e-3,
+        "train.logging_steps": 4, "train.save_steps": 50, "finetune.max_steps": 0,
+        "prune.schedule": {"kind": "linear", "start_step": 0, "end_step": 12, "interval": 4},
+    }
+    out = compress.run("bert-wid", teacher=teacher_dir, out=tmp_path / "run", overrides=overrides, progress=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert record["recipe"]["train"]["objective"] == "mlm", "auto picks MLM for a teacher with an MLM head"
+    assert record["recipe"]["distill"]["layers"] == [] and record["recipe"]["distill"]["task"] == 1.0
+    logs = [e for e in json.loads((out / "training_log.json").read_text())["prune"] if "task" in e]
+    assert logs and all("distill_hidden" not in e for e in logs)
+    assert logs[-1]["task"] < logs[0]["task"], "the masked-LM loss falls"
+    student = transformers.AutoModelForMaskedLM.from_pretrained(out)
+    assert student.config.hidden_size < 48
+
+
+def test_mlm_objective_needs_an_mlm_head(minilm, tmp_path):
+    teacher, tokenizer = minilm
+    with pytest.raises(compress.RecipeError, match="train.objective=mlm needs a text teacher with a masked-LM head"):
+        compress.run("bert-wid", teacher=teacher, processor=tokenizer, out=tmp_path / "run", overrides={"train.objective": "mlm"})

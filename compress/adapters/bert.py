@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import transformers
 from transformers import BertConfig, PretrainedConfig, PreTrainedModel
 
-from compress.adapters.base import FamilyAdapter
-from compress.adapters.layers import LayerModules, add_layer_to_hidden, encoder_layer_axes, linear_dims
+from compress.adapters.layers import EncoderAdapter, LayerModules, add_layer_to_hidden, encoder_layer_axes, linear_dims
 from compress.errors import UnsupportedModelError
 from compress.students import modeling_compressed_bert as students
 from reparam import Axis, GateSite, TensorDim
 
 
-class BertAdapter(FamilyAdapter):
+class BertAdapter(EncoderAdapter):
     family = "bert"
+    students = students
     student_classes = {
         "BertModel": "CompressedBertModel",
         "BertForMaskedLM": "CompressedBertForMaskedLM",
@@ -25,7 +24,6 @@ class BertAdapter(FamilyAdapter):
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
-        self.config: BertConfig = model.config
         if self.config.is_decoder or self.config.add_cross_attention:
             raise UnsupportedModelError(
                 f"{type(model).__name__} is configured as a decoder (is_decoder / add_cross_attention); "
@@ -33,8 +31,6 @@ class BertAdapter(FamilyAdapter):
             )
         self.prefix = "" if type(model).__name__ == "BertModel" else "bert."
         self.base = model if not self.prefix else model.bert
-        self.head_dim = self.config.hidden_size // self.config.num_attention_heads
-        self.params = {name for name, _ in model.named_parameters()} | set(model.state_dict())
 
     def _layer(self, i: int) -> str:
         return f"{self.prefix}encoder.layer.{i}"
@@ -47,9 +43,6 @@ class BertAdapter(FamilyAdapter):
             ffn_in=f"{layer}.intermediate.dense",
             ffn_out=f"{layer}.output.dense",
         )
-
-    def _existing(self, dims: list[TensorDim]) -> list[TensorDim]:
-        return [d for d in dims if d.tensor in self.params]
 
     def axes(self, head_width: bool = False) -> list[Axis]:
         cfg, p = self.config, self.prefix
@@ -70,7 +63,7 @@ class BertAdapter(FamilyAdapter):
             hidden.normalisers += [norm1, norm2]
             hidden.sites += [GateSite(modules.attention_out), GateSite(norm1), GateSite(modules.ffn_out), GateSite(norm2)]
         self._head_dims(hidden)
-        hidden.writers, hidden.readers = self._existing(hidden.writers), self._existing(hidden.readers)
+        hidden.writers, hidden.readers = self.existing(hidden.writers), self.existing(hidden.readers)
         return axes
 
     def _head_dims(self, hidden: Axis) -> None:
@@ -95,9 +88,6 @@ class BertAdapter(FamilyAdapter):
     def is_backbone(self, name: str) -> bool:
         return name.startswith((f"{self.prefix}embeddings.", f"{self.prefix}encoder."))
 
-    def attention_projections(self, layer: int) -> tuple[str, str, str]:
-        return self.layer_modules(layer).qkv
-
     def kind_limits(self) -> dict[str, int]:
         cfg = self.config
         return {
@@ -109,20 +99,17 @@ class BertAdapter(FamilyAdapter):
             "mlp": cfg.num_hidden_layers,
         }
 
-    def _per_layer(self, sizes: Mapping[str, int], kind: str) -> list[int]:
-        return [sizes[f"layers.{i}.{kind}"] for i in range(self.config.num_hidden_layers)]
-
     def _attention_shape(self, sizes: Mapping[str, int]) -> tuple[list[int], list[int]]:
         """Kept heads and head width per layer: the axis built (heads or head_width) shrinks one of the two."""
         n = self.config.num_hidden_layers
         if "layers.0.head_width" in sizes:
-            return [self.config.num_attention_heads] * n, self._per_layer(sizes, "head_width")
-        return self._per_layer(sizes, "heads"), [self.head_dim] * n
+            return [self.config.num_attention_heads] * n, self.per_layer(sizes, "head_width")
+        return self.per_layer(sizes, "heads"), [self.head_dim] * n
 
     def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
         heads, widths = self._attention_shape(sizes)
-        ffn = self._per_layer(sizes, "ffn")
-        sublayers = self._per_layer(sizes, "attention") + self._per_layer(sizes, "mlp")
+        ffn = self.per_layer(sizes, "ffn")
+        sublayers = self.per_layer(sizes, "attention") + self.per_layer(sizes, "mlp")
         uniform = all(len(set(per_layer)) == 1 and min(per_layer) > 0 for per_layer in (heads, widths, ffn))
         # Stock BERT derives the head width from hidden / heads.
         return all(sublayers) and uniform and heads[0] * widths[0] == sizes["hidden"]
@@ -142,15 +129,11 @@ class BertAdapter(FamilyAdapter):
         return students.CompressedBertConfig(
             layer_heads=heads,
             layer_head_size=widths,
-            layer_intermediate_size=self._per_layer(sizes, "ffn"),
-            layer_attention=[bool(n) for n in self._per_layer(sizes, "attention")],
-            layer_mlp=[bool(n) for n in self._per_layer(sizes, "mlp")],
+            layer_intermediate_size=self.per_layer(sizes, "ffn"),
+            layer_attention=[bool(n) for n in self.per_layer(sizes, "attention")],
+            layer_mlp=[bool(n) for n in self.per_layer(sizes, "mlp")],
             **common,
         )
-
-    def student_class(self, stock: bool) -> type[PreTrainedModel]:
-        name = type(self.model).__name__
-        return getattr(transformers, name) if stock else getattr(students, self.student_classes[name])
 
     def student_init_kwargs(self) -> dict:
         if type(self.model).__name__ == "BertModel":

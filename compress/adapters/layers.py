@@ -7,8 +7,15 @@ only in module names and in where their LayerNorms sit, which their adapters add
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 
+import transformers
+from transformers import PreTrainedModel
+
+from compress.adapters.base import FamilyAdapter
 from reparam import Axis, GateSite, TensorDim
 
 
@@ -85,3 +92,35 @@ def add_layer_to_hidden(hidden: Axis, modules: LayerModules) -> None:
     m = modules
     hidden.writers += linear_dims(m.attention_out, 0) + linear_dims(m.ffn_out, 0)
     hidden.readers += [d for name in (*m.qkv, m.ffn_in) for d in linear_dims(name, 1)]
+
+
+class EncoderAdapter(FamilyAdapter):
+    """What every adapter of a stack of attention + FFN layers shares: layer module names, sizes per layer, student classes."""
+
+    #: the module holding the family's heterogeneous student classes
+    students: ModuleType
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model)
+        self.config = model.config
+        self.head_dim = self.config.hidden_size // self.config.num_attention_heads
+        self.params = {name for name, _ in model.named_parameters()} | set(model.state_dict())
+
+    @abstractmethod
+    def layer_modules(self, i: int) -> LayerModules:
+        """Module names of layer ``i``'s projections."""
+
+    def attention_projections(self, layer: int) -> tuple[str, str, str]:
+        return self.layer_modules(layer).qkv
+
+    def existing(self, dims: list[TensorDim]) -> list[TensorDim]:
+        """The dimensions whose tensors this model has (heads and poolers differ between classes)."""
+        return [d for d in dims if d.tensor in self.params]
+
+    def per_layer(self, sizes: Mapping[str, int], kind: str) -> list[int]:
+        """Kept units of axis kind ``kind`` in each layer, in layer order."""
+        return [sizes[f"layers.{i}.{kind}"] for i in range(self.config.num_hidden_layers)]
+
+    def student_class(self, stock: bool) -> type[PreTrainedModel]:
+        name = type(self.model).__name__
+        return getattr(transformers, name) if stock else getattr(self.students, self.student_classes[name])

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import transformers
 from transformers import PretrainedConfig, PreTrainedModel
 
-from compress.adapters.base import FamilyAdapter
-from compress.adapters.layers import LayerModules, encoder_layer_axes, linear_dims
+from compress.adapters.layers import EncoderAdapter, LayerModules, encoder_layer_axes, linear_dims
 from compress.errors import TargetError, UnsupportedModelError
 from compress.students import modeling_compressed_hubert as students
 from reparam import Axis, GateSite, TensorDim
@@ -50,25 +48,23 @@ _META_KEYS = (
 )
 
 
-class SpeechAdapter(FamilyAdapter):
+class SpeechAdapter(EncoderAdapter):
     """Axes of a HuBERT-style speech encoder (base model, CTC or sequence-classification head).
 
     ``model`` is the job's copy of the teacher: its LayerDrop is switched off (see ``__init__``).
     """
 
+    students = students
     #: the heterogeneous config class of the family
     compressed_config: type[PretrainedConfig]
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
-        self.config = model.config
         self._check_supported()
         # Layer-to-layer distillation needs every layer's output, so LayerDrop (a fine-tuning regulariser)
         # is off in the gated copy and in the student it folds into; set config.layerdrop to fine-tune again.
         self.config.layerdrop = 0.0
         self.prefix = "" if model.base_model is model else f"{model.base_model_prefix}."
-        self.head_dim = self.config.hidden_size // self.config.num_attention_heads
-        self.params = {name for name, _ in model.named_parameters()} | set(model.state_dict())
 
     def _check_supported(self) -> None:
         cfg, name = self.config, type(self.model).__name__
@@ -84,9 +80,6 @@ class SpeechAdapter(FamilyAdapter):
             )
 
     # -- axes ----------------------------------------------------------------------------
-    def _existing(self, dims: list[TensorDim]) -> list[TensorDim]:
-        return [d for d in dims if d.tensor in self.params]
-
     def _conv(self, j: int) -> str:
         return f"{self.prefix}feature_extractor.conv_layers.{j}"
 
@@ -123,7 +116,7 @@ class SpeechAdapter(FamilyAdapter):
         projection = f"{self.prefix}feature_projection"
         reader_norm = last and getattr(cfg, "feat_proj_layer_norm", True)
         axis = Axis(f"conv.{j}", "conv", cfg.conv_dim[j])
-        axis.writers = self._existing(linear_dims(f"{conv}.conv", 0))
+        axis.writers = self.existing(linear_dims(f"{conv}.conv", 0))
         if last:
             axis.readers = linear_dims(f"{projection}.projection", 1)
             if reader_norm:
@@ -153,9 +146,6 @@ class SpeechAdapter(FamilyAdapter):
         """The base model: here the same parameters as ``is_encoder``."""
         return self.is_encoder(name)
 
-    def attention_projections(self, layer: int) -> tuple[str, str, str]:
-        return self.layer_modules(layer).qkv
-
     def kind_limits(self) -> dict[str, int]:
         cfg = self.config
         return {
@@ -168,9 +158,6 @@ class SpeechAdapter(FamilyAdapter):
         }
 
     # -- student ---------------------------------------------------------------------------
-    def _per_layer(self, sizes: Mapping[str, int], kind: str) -> list[int]:
-        return [sizes[f"layers.{i}.{kind}"] for i in range(self.config.num_hidden_layers)]
-
     def _conv_dim(self, sizes: Mapping[str, int]) -> list[int]:
         conv_dim = [sizes[f"conv.{j}"] for j in range(len(self.config.conv_dim))]
         if 0 in conv_dim:
@@ -181,8 +168,8 @@ class SpeechAdapter(FamilyAdapter):
         return conv_dim
 
     def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
-        heads, ffn = set(self._per_layer(sizes, "heads")), set(self._per_layer(sizes, "ffn"))
-        sublayers = self._per_layer(sizes, "attention") + self._per_layer(sizes, "mlp")
+        heads, ffn = set(self.per_layer(sizes, "heads")), set(self.per_layer(sizes, "ffn"))
+        sublayers = self.per_layer(sizes, "attention") + self.per_layer(sizes, "mlp")
         return all(sublayers) and heads == {self.config.num_attention_heads} and len(ffn) == 1 and min(ffn) > 0
 
     def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
@@ -192,16 +179,12 @@ class SpeechAdapter(FamilyAdapter):
             common["intermediate_size"] = sizes["layers.0.ffn"]
             return type(self.config)(**common)
         return self.compressed_config(
-            layer_heads=self._per_layer(sizes, "heads"),
-            layer_intermediate_size=self._per_layer(sizes, "ffn"),
-            layer_attention=[bool(n) for n in self._per_layer(sizes, "attention")],
-            layer_mlp=[bool(n) for n in self._per_layer(sizes, "mlp")],
+            layer_heads=self.per_layer(sizes, "heads"),
+            layer_intermediate_size=self.per_layer(sizes, "ffn"),
+            layer_attention=[bool(n) for n in self.per_layer(sizes, "attention")],
+            layer_mlp=[bool(n) for n in self.per_layer(sizes, "mlp")],
             **common,
         )
-
-    def student_class(self, stock: bool) -> type[PreTrainedModel]:
-        name = type(self.model).__name__
-        return getattr(transformers, name) if stock else getattr(students, self.student_classes[name])
 
 
 class HubertAdapter(SpeechAdapter):

@@ -59,7 +59,7 @@ class PruningMethod:
 
     def fold(self) -> PreTrainedModel:
         """The dense student after stage 1: the job's fold over the axes (a method that removes whole layers folds itself)."""
-        return self.job.fold()
+        return self.job.fold_axes()
 
     def student_distillation(self, distillation: DistillationLoss) -> DistillationLoss:
         """Stage 1's distillation loss adapted to the folded student (projections sliced to its kept hidden units)."""

@@ -73,12 +73,10 @@ class LayerDropMethod(PruningMethod):
 
     def _student_state(self) -> dict[str, torch.Tensor]:
         """The model's tensors with dropped layers removed and kept ones renumbered 0, 1, ..."""
-        from compress.job import model_state
-
         prefixes = {self._layer_prefix(i): i for i in range(self.total)}
         new_prefix = {i: self._layer_prefix(i).removesuffix(f"{i}.") + f"{n}." for n, i in enumerate(self.kept_layers)}
         state = {}
-        for key, value in model_state(self.job.model).items():
+        for key, value in self.job.weights().items():
             layer = next((i for prefix, i in prefixes.items() if key.startswith(prefix)), None)
             if layer is None:
                 state[key] = value
