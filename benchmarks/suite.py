@@ -20,7 +20,7 @@ never trained on. Latency is teacher / student on CPU (see the table's header fo
                                [--runs-dir DIR] [--out-dir benchmarks/results]
     python benchmarks/suite.py --quick      # a tiny random teacher and 12 steps: the machinery in seconds
 
-The full suite takes about 45 minutes on a 2-core CPU. With ``--runs-dir``, a run folder that
+The full suite took 38 minutes on a 2-core CPU. With ``--runs-dir``, a run folder that
 already holds a finished run of the same recipe and teacher is reported again instead of retrained.
 """
 

@@ -1,11 +1,16 @@
-"""Shared fixtures: the real MiniLM teacher, small random BERTs and random gate states."""
+"""Shared fixtures: the real MiniLM teacher, small random BERTs, random gate states, loading without this library."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 import compress
@@ -29,18 +34,21 @@ def sentences() -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher_dir(tmp_path_factory, minilm) -> Path:
-    """A small random BERT with the real MiniLM tokenizer, saved like a user's model folder."""
-    _, tokenizer = minilm
+def save_tiny_teacher(folder: Path, tokenizer, model_cls: type = BertModel) -> Path:
+    """A small random BERT (of ``model_cls``) with the real MiniLM tokenizer, saved like a user's model folder."""
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
     )
-    folder = tmp_path_factory.mktemp("teacher")
-    BertModel(config).save_pretrained(folder)
+    model_cls(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, minilm) -> Path:
+    """``save_tiny_teacher``'s BertModel, shared by the tests that run the driver."""
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher"), minilm[1])
 
 
 def tiny_bert_config(**overrides) -> BertConfig:
@@ -86,3 +94,47 @@ def randomise_gates(job: compress.CompressionJob, seed: int) -> None:
             off = torch.randperm(gate.size, generator=generator)[: gate.size // 4].tolist()
         values[off] = -20.0
         gate.log_alpha.data.copy_(values)
+
+
+# Runs in a fresh interpreter: our packages are made unimportable, then the student is loaded with
+# nothing but transformers and its outputs are written back as safetensors.
+LOADER = textwrap.dedent(
+    """
+    import sys
+    for name in ("compress", "reparam", "pruners", "recipes"):
+        sys.modules[name] = None
+    try:
+        import compress
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("compress should not be importable here")
+    import transformers
+    from safetensors.torch import load_file, save_file
+    folder, auto_name, remote, inputs, outputs = sys.argv[1:6]
+    auto = getattr(transformers, auto_name)
+    model = auto.from_pretrained(folder, trust_remote_code=remote == "1").eval()
+    batch = load_file(inputs)
+    out = model(**batch)
+    key = "logits" if hasattr(out, "logits") else "last_hidden_state"
+    save_file({"out": getattr(out, key).contiguous()}, outputs)
+    print(type(model).__name__)
+    """
+)
+
+
+def load_elsewhere(folder: Path, auto_name: str, remote: bool, batch: dict, tmp_path: Path) -> tuple[str, torch.Tensor]:
+    """Save ``batch``, load ``folder`` with ``auto_name`` in a process without our packages, return (class, output)."""
+    inputs, outputs = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
+    save_file({k: v.contiguous() for k, v in batch.items()}, inputs)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, str(folder), auto_name, "1" if remote else "0", str(inputs), str(outputs)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1], load_file(outputs)["out"]

@@ -3,61 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
 
 import compress
-from conftest import randomise_gates, tiny_bert_config, token_batch
-
-# Runs in a fresh interpreter: our packages are made unimportable, then the student is loaded with
-# nothing but transformers and its outputs are written back as safetensors.
-LOADER = textwrap.dedent(
-    """
-    import sys
-    for name in ("compress", "reparam", "pruners", "recipes"):
-        sys.modules[name] = None
-    try:
-        import compress
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("compress should not be importable here")
-    import transformers
-    from safetensors.torch import load_file, save_file
-    folder, auto_name, remote, inputs, outputs = sys.argv[1:6]
-    auto = getattr(transformers, auto_name)
-    model = auto.from_pretrained(folder, trust_remote_code=remote == "1").eval()
-    batch = load_file(inputs)
-    out = model(**batch)
-    key = "logits" if hasattr(out, "logits") else "last_hidden_state"
-    save_file({"out": getattr(out, key).contiguous()}, outputs)
-    print(type(model).__name__)
-    """
-)
-
-
-def _load_elsewhere(folder: Path, auto_name: str, remote: bool, batch: dict, tmp_path: Path) -> tuple[str, torch.Tensor]:
-    inputs, outputs = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
-    save_file({k: v.contiguous() for k, v in batch.items()}, inputs)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run(
-        [sys.executable, "-c", LOADER, str(folder), auto_name, "1" if remote else "0", str(inputs), str(outputs)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1], load_file(outputs)["out"]
+from conftest import load_elsewhere, randomise_gates, tiny_bert_config, token_batch
 
 
 def test_uniform_minilm_student_is_stock_bert_and_loads_without_compress(minilm, sentences, tmp_path):
@@ -74,7 +26,7 @@ def test_uniform_minilm_student_is_stock_bert_and_loads_without_compress(minilm,
     batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
     with torch.no_grad():
         expected = student(**batch).last_hidden_state
-    name, got = _load_elsewhere(out, "AutoModel", False, batch, tmp_path)
+    name, got = load_elsewhere(out, "AutoModel", False, batch, tmp_path)
     assert name == "BertModel"
     assert (got - expected).abs().max().item() <= 1e-5
     record = json.loads((out / "compression.json").read_text())
@@ -100,7 +52,7 @@ def test_heterogeneous_minilm_student_loads_with_remote_code_only(minilm, senten
     batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
     with torch.no_grad():
         expected = student(**batch).last_hidden_state
-    name, got = _load_elsewhere(out, "AutoModel", True, batch, tmp_path)
+    name, got = load_elsewhere(out, "AutoModel", True, batch, tmp_path)
     assert name == "CompressedBertModel"
     assert (got - expected).abs().max().item() <= 1e-5
     # In this process compress is imported, so no remote code is needed.
@@ -127,7 +79,7 @@ def test_heterogeneous_heads_round_trip(cls, auto_name, tmp_path):
     batch = token_batch(teacher.config.vocab_size)
     with torch.no_grad():
         expected = student(**batch).logits
-    name, got = _load_elsewhere(out, auto_name, True, batch, tmp_path)
+    name, got = load_elsewhere(out, auto_name, True, batch, tmp_path)
     assert name == f"Compressed{cls.__name__}"
     assert (got - expected).abs().max().item() <= 1e-5
     reloaded = compress.load_student(out)

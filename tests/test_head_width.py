@@ -10,11 +10,10 @@ import transformers
 
 import compress
 import reparam.fold
-from conftest import randomise_gates, tiny_bert_config, token_batch
+from conftest import load_elsewhere, randomise_gates, tiny_bert_config, token_batch
 from pruners import FixedGate, count_parameters, magnitude_importance
 from reparam import Axis, TensorDim
 from reparam.fold import unit_rows
-from test_export import _load_elsewhere
 from test_fold_exact import _check_counts
 
 TOL = 1e-4
@@ -149,7 +148,7 @@ def test_per_layer_widths_export_and_reload_with_remote_code(minilm, sentences, 
     assert config["layer_heads"] == [12] * 6 and config["hidden_size"] == 256
     with torch.no_grad():
         expected = student(**batch).last_hidden_state
-    name, got = _load_elsewhere(out, "AutoModel", True, batch, tmp_path)
+    name, got = load_elsewhere(out, "AutoModel", True, batch, tmp_path)
     assert name == "CompressedBertModel"
     assert (got - expected).abs().max().item() <= 1e-5
     _check_counts(job, student)

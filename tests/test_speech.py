@@ -9,6 +9,7 @@ import torch
 import transformers
 
 import compress
+from conftest import load_elsewhere
 from speech_helpers import (  # noqa: F401 (one_thread is a fixture)
     FAMILY_CLASSES,
     one_thread,
@@ -16,7 +17,6 @@ from speech_helpers import (  # noqa: F401 (one_thread is a fixture)
     speech_recipe,
     tiny_speech_config,
 )
-from test_export import _load_elsewhere
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,7 +138,7 @@ def test_heterogeneous_student_loads_without_compress(family, norm, stable, tmp_
     batch = {"input_values": _audio(5)}
     with torch.no_grad():
         expected = student(**batch).last_hidden_state
-    name, got = _load_elsewhere(out, "AutoModel", True, batch, tmp_path)
+    name, got = load_elsewhere(out, "AutoModel", True, batch, tmp_path)
     assert name == f"Compressed{cls}"
     assert (got - expected).abs().max().item() <= 1e-5
     assert type(compress.load_student(out)) is type(student)
@@ -152,7 +152,7 @@ def test_ctc_student_loads_with_auto_ctc_class(tmp_path):
     batch = {"input_values": _audio(7)}
     with torch.no_grad():
         expected = student(**batch).logits
-    name, got = _load_elsewhere(out, "AutoModelForCTC", True, batch, tmp_path)
+    name, got = load_elsewhere(out, "AutoModelForCTC", True, batch, tmp_path)
     assert name == "CompressedWav2Vec2ForCTC"
     assert (got - expected).abs().max().item() <= 1e-5
 

@@ -10,9 +10,8 @@ import transformers
 
 import compress
 from compress.methods import COMPACTORS_ATTR
-from conftest import tiny_bert_config, token_batch
+from conftest import load_elsewhere, save_tiny_teacher, tiny_bert_config, token_batch
 from reparam.compactors import compose_compactors
-from test_export import _load_elsewhere
 
 WID = {"prune.method": "wid", "prune.axes": ["hidden", "heads", "ffn"]}
 
@@ -70,7 +69,7 @@ def test_perturbed_compactors_fold_exactly_into_a_stock_student(minilm, sentence
     plain.method.one_shot()
     assert (_restricted(plain, batch) - expected).abs().max() > 1e-2
     compress.save_student(student, tmp_path / "student", processor=tokenizer)
-    loaded_class, out = _load_elsewhere(tmp_path / "student", "AutoModel", False, dict(batch), tmp_path)
+    loaded_class, out = load_elsewhere(tmp_path / "student", "AutoModel", False, dict(batch), tmp_path)
     assert loaded_class == "BertModel"
     assert (out - got).abs().max() <= 1e-5
 
@@ -147,13 +146,8 @@ def test_shrinking_follows_the_schedule_and_the_penalty_empties_doomed_rows():
     assert (got - expected).abs().max() <= 1e-4, "after training the fold is exact"
 
 
-def test_wid_recipe_runs_through_the_driver(tmp_path, minilm):
-    _, tokenizer = minilm
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
-    teacher_dir = tmp_path / "teacher"
-    transformers.BertModel(config).save_pretrained(teacher_dir)
-    tokenizer.save_pretrained(teacher_dir)
+def test_wid_recipe_runs_through_the_driver(tmp_path, tiny_teacher_dir):
+    teacher_dir = tiny_teacher_dir
     overrides = {
         "train.max_steps": 30, "train.batch_size": 4, "train.seq_len": 32, "train.logging_steps": 5, "train.save_steps": 10,
         "finetune.max_steps": 10, "prune.schedule": {"kind": "cubic", "start_step": 0, "end_step": 20, "interval": 5},
@@ -194,12 +188,7 @@ def test_compactors_on_head_width_fold_exactly_with_the_attention_scale_correcti
 
 
 def test_mlm_objective_is_teacher_free_and_trains_the_masked_lm_loss(tmp_path, minilm):
-    _, tokenizer = minilm
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
-    teacher_dir = tmp_path / "teacher"
-    transformers.BertForMaskedLM(config).save_pretrained(teacher_dir)
-    tokenizer.save_pretrained(teacher_dir)
+    teacher_dir = save_tiny_teacher(tmp_path / "teacher", minilm[1], transformers.BertForMaskedLM)
     overrides = {
         "train.objective": "auto", "train.max_steps": 24, "train.batch_size": 4, "train.seq_len": 32, "train.lr": 1e-3,
         "train.logging_steps": 4, "train.save_steps": 50, "finetune.max_steps": 0,
