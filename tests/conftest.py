@@ -75,6 +75,15 @@ def token_batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def switch_off_some(job: compress.CompressionJob, kind: str, fraction: float, seed: int) -> None:
+    """Force a random ``fraction`` of the units off on every gated axis of ``kind`` (HardConcrete gates)."""
+    generator = torch.Generator().manual_seed(seed)
+    for axis in job.gated_axes():
+        if axis.kind == kind:
+            off = torch.randperm(axis.size, generator=generator)[: int(axis.size * fraction)]
+            job.gates[axis.name].log_alpha.data[off] = -20.0
+
+
 def randomise_gates(job: compress.CompressionJob, seed: int) -> None:
     """Random ``log_alpha`` on every gate, with whole sublayers, heads and hidden units forced off.
 

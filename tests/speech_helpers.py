@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import compress
-from conftest import randomise_gates
+from conftest import randomise_gates, switch_off_some
 
 FAMILY_CLASSES = {"hubert": "Hubert", "wav2vec2": "Wav2Vec2"}
 
@@ -59,12 +59,7 @@ def randomise_speech_gates(job: compress.CompressionJob, seed: int) -> None:
     """``conftest.randomise_gates`` (heads, a whole attention and a whole FFN sublayer off), plus a quarter
     of every conv's channels forced off."""
     randomise_gates(job, seed)
-    generator = torch.Generator().manual_seed(seed + 1)
-    for name in job.gates.names():
-        if name.startswith("conv."):
-            gate = job.gates[name]
-            off = torch.randperm(gate.size, generator=generator)[: gate.size // 4]
-            gate.log_alpha.data[off] = -20.0
+    switch_off_some(job, "conv", 0.25, seed + 1)
 
 
 def waveform(seconds: float, rate: int, seed: int, channels: int = 1) -> np.ndarray:

@@ -10,7 +10,7 @@ import transformers
 
 import compress
 import reparam.fold
-from conftest import load_elsewhere, randomise_gates, tiny_bert_config, token_batch
+from conftest import load_elsewhere, randomise_gates, switch_off_some, tiny_bert_config, token_batch
 from pruners import FixedGate, count_parameters, magnitude_importance
 from reparam import Axis, TensorDim
 from reparam.fold import unit_rows
@@ -27,12 +27,7 @@ def _width_recipe() -> compress.Recipe:
 def _randomise_with_width(job: compress.CompressionJob, seed: int) -> None:
     """conftest's random gates, plus a different set of head dimensions switched off in every layer."""
     randomise_gates(job, seed)
-    generator = torch.Generator().manual_seed(seed + 100)
-    for name in job.gates.names():
-        if name.endswith(".head_width"):
-            gate = job.gates[name]
-            off = torch.randperm(gate.size, generator=generator)[: gate.size // 3]
-            gate.log_alpha.data[off] = -20.0
+    switch_off_some(job, "head_width", 1 / 3, seed + 100)
 
 
 def _fold_error(job: compress.CompressionJob, batch: dict, output: str = "last_hidden_state") -> float:
