@@ -47,10 +47,7 @@ class CompressionJob:
         self.model = copy.deepcopy(teacher)
         self.adapter: FamilyAdapter = adapter_cls(self.model)
         gated_kinds = recipe.prune["axes"]
-        # head_width replaces heads; only families whose recipes may gate it (the recipe checks) take the keyword.
-        self.axes: list[Axis] = (
-            self.adapter.axes(head_width=True) if "head_width" in gated_kinds else self.adapter.axes()
-        )
+        self.axes: list[Axis] = self.adapter.axes(head_width="head_width" in gated_kinds)
         self._shapes = {name: tuple(p.shape) for name, p in self.model.named_parameters()}
         # Axes missing from a size mapping keep all their units, so {} counts the teacher.
         self._teacher_total = self.count({})

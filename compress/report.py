@@ -204,9 +204,8 @@ def find_teacher(record: dict, teacher: str | Path | None = None) -> Path:
 def teacher_axis_sizes(teacher: PreTrainedModel, student_sizes: dict[str, int]) -> dict[str, int]:
     """Units of every axis of ``teacher``, named like the record's sizes; an error if the run is not from it."""
     adapter = adapter_for(teacher)(teacher)
-    # Only families that can prune head width take the keyword (as in CompressionJob).
     head_width = any(name.endswith(".head_width") for name in student_sizes)
-    sizes = {axis.name: axis.size for axis in (adapter.axes(head_width=True) if head_width else adapter.axes())}
+    sizes = {axis.name: axis.size for axis in adapter.axes(head_width=head_width)}
     larger = [n for n, kept in student_sizes.items() if n in sizes and kept > sizes[n]]
     if set(sizes) != set(student_sizes) or larger:
         raise CompressError(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from compress.errors import UnsupportedModelError
 from reparam import Axis
 
 
@@ -32,6 +33,13 @@ class FamilyAdapter(ABC):
         ``head_width``: each layer gets a ``head_width`` axis (the dimensions of every head) in place
         of ``heads`` (whole heads); the two lie on the same rows, so a model has one or the other.
         """
+
+    def refuse_head_width(self, head_width: bool) -> None:
+        """For families whose adapter builds no ``head_width`` axis: a clear error when one is asked for."""
+        if head_width:
+            raise UnsupportedModelError(
+                f"the {self.family} adapter has no head_width axis; gate whole heads (prune.axes: heads) instead"
+            )
 
     @abstractmethod
     def is_encoder(self, name: str) -> bool:

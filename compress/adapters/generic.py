@@ -96,7 +96,8 @@ class GenericAdapter(FamilyAdapter):
         self.prefix = prefixes.pop()
         self.params = set(model.state_dict())
 
-    def axes(self) -> list[Axis]:
+    def axes(self, head_width: bool = False) -> list[Axis]:
+        self.refuse_head_width(head_width)
         axes = []
         for index, _, first, second in self.layers:
             axis = Axis(f"layers.{index}.ffn", "ffn", self.width, sites=[GateSite(second, on="input")])

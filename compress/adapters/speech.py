@@ -92,7 +92,8 @@ class SpeechAdapter(EncoderAdapter):
             ffn_out=f"{layer}.feed_forward.output_dense",
         )
 
-    def axes(self) -> list[Axis]:
+    def axes(self, head_width: bool = False) -> list[Axis]:
+        self.refuse_head_width(head_width)
         cfg = self.config
         # The residual stream: never gated for speech (see the module docstring), so it names no tensors.
         axes = [Axis("hidden", "hidden", cfg.hidden_size)]
