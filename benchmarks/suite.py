@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from transformers import PreTrainedModel
 
 import compress
@@ -43,7 +42,7 @@ from compress.errors import CompressError
 from compress.modality import with_objective
 from compress.recipe import Recipe
 from compress.report import RunReport, build_report, load_run
-from compress.teachers import default_teacher_path, load_teacher
+from compress.teachers import default_teacher_path, load_teacher, small_random_bert
 
 METHODS = {"wid": "bert-wid", "l0": "bert-l0", "magnitude": "bert-magnitude", "layer-drop": "bert-layer-drop"}
 SCHEDULE_STEPS = ("start_step", "ramp_steps", "end_step", "interval")
@@ -106,11 +105,7 @@ def suite_recipe(method: str, sparsity: float, steps: int, teacher_layers: int, 
 def tiny_teacher(folder: Path) -> Path:
     """A 4-layer random BERT with the MiniLM tokenizer, saved as a model folder (for ``--quick``)."""
     _, tokenizer = load_teacher()
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96
-    )
-    transformers.BertModel(config).save_pretrained(folder)
+    small_random_bert(tokenizer.vocab_size, layers=4).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -6,8 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    PreTrainedModel,
+)
 
 from compress.adapters import ADAPTERS
 from compress.audio import default_feature_extractor
@@ -60,3 +69,27 @@ def _feature_extractor(folder: Path, config: Any) -> Any:
     except (OSError, ValueError):
         logger.warning("no feature extractor in %s; using the default for its config (16 kHz)", folder)
         return default_feature_extractor(config)
+
+
+def small_random_bert(
+    vocab_size: int,
+    layers: int = 2,
+    hidden: int = 48,
+    ffn: int = 96,
+    heads: int = 4,
+    model_cls: type[PreTrainedModel] = BertModel,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A small BERT with random weights (seeded) for quick checks of the whole pipeline in seconds.
+
+    The examples' ``--tiny``, the suite's ``--quick`` and the tests use it with a real tokenizer's vocabulary.
+    """
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+    )
+    return model_cls(config).eval()

@@ -13,12 +13,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel
 
 import compress
 from compress.data import text_datasets
 from compress.distill import DistillationLoss
-from compress.teachers import load_teacher
+from compress.teachers import load_teacher, small_random_bert
 
 
 def kept_fraction(step: int, steps: int, bursts: int) -> float:
@@ -38,9 +37,7 @@ def main() -> None:
 
     teacher, tokenizer = load_teacher()
     if args.tiny:
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-        teacher = BertModel(config).eval()
+        teacher = small_random_bert(tokenizer.vocab_size, hidden=32, ffn=64)
     layers = teacher.config.num_hidden_layers
     recipe = compress.load_recipe(f"bert-{'taylor' if args.method == 'taylor' else 'magnitude'}").override(
         {"prune.method": args.method, "prune.target_sparsity": args.sparsity,

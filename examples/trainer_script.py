@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import BertConfig, BertModel, TrainingArguments
+from transformers import TrainingArguments
 
 import compress
 from compress.data import text_datasets
 from compress.distill import DistillationLoss
-from compress.teachers import load_teacher
+from compress.teachers import load_teacher, small_random_bert
 from compress.trainer import CompressionTrainer
 
 
@@ -44,9 +44,7 @@ def main() -> None:
 
     teacher, tokenizer = load_teacher()
     if args.tiny:
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-        teacher = BertModel(config).eval()
+        teacher = small_random_bert(tokenizer.vocab_size, hidden=32, ffn=64)
     layers = teacher.config.num_hidden_layers
     # A recipe can name a Python callable as its schedule; this script's folder is on sys.path.
     schedule = {"kind": "linear", "start_step": 0, "ramp_steps": args.steps // 2} if args.method == "l0" else args.schedule

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 import compress
-from compress.teachers import load_teacher
+from compress.teachers import load_teacher, small_random_bert
 from pruners import HardConcreteGate
 
 
@@ -34,13 +34,9 @@ def sentences() -> list[str]:
     ]
 
 
-def save_tiny_teacher(folder: Path, tokenizer, model_cls: type = BertModel) -> Path:
-    """A small random BERT (of ``model_cls``) with the real MiniLM tokenizer, saved like a user's model folder."""
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96
-    )
-    model_cls(config).save_pretrained(folder)
+def save_tiny_teacher(folder: Path, tokenizer, model_cls: type = BertModel, layers: int = 2) -> Path:
+    """``small_random_bert`` (of ``model_cls``) with the real MiniLM tokenizer, saved like a user's model folder."""
+    small_random_bert(tokenizer.vocab_size, layers=layers, model_cls=model_cls).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

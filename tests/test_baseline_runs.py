@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import compress
-from conftest import token_batch
+from conftest import save_tiny_teacher, token_batch
 
 SHORT = {
     "train.max_steps": 12,
@@ -27,15 +27,7 @@ SHORT = {
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, minilm) -> Path:
     """A 4-layer random BERT with the real MiniLM tokenizer, saved like a user's model folder."""
-    _, tokenizer = minilm
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96
-    )
-    folder = tmp_path_factory.mktemp("teacher")
-    transformers.BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher"), minilm[1], layers=4)
 
 
 def _falls(losses: list[float]) -> bool:
