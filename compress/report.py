@@ -124,7 +124,7 @@ class RunReport:
             lines.append(
                 f"CPU latency (base model, batch {lat.batch} x {lat.shape}, {lat.threads} thread"
                 f"{'s' if lat.threads > 1 else ''}, median of "
-                f"{lat.rounds} interleaved rounds): teacher {lat.teacher_ms:.1f} ms, student {lat.student_ms:.1f} ms, "
+                f"{lat.rounds} interleaved rounds): teacher {lat.teacher_ms:.2f} ms, student {lat.student_ms:.2f} ms, "
                 f"teacher / student {lat.ratio:.2f}"
             )
         lines += [f"wrote {path}" for path in self.plots]
