@@ -142,8 +142,8 @@ class CompressionJob:
             if axis.size == 1:
                 sizes[axis.name] = int(seen[axis.kind] < by_kind[axis.kind])
                 seen[axis.kind] += 1
-            else:
-                sizes[axis.name] = by_kind[axis.kind]
+            else:  # conv widths may differ per layer: a narrower conv keeps all its channels
+                sizes[axis.name] = min(by_kind[axis.kind], axis.size)
         return sizes
 
     def structure(self) -> Structure:

@@ -59,10 +59,12 @@ class AxisScorer:
     """
 
     def __init__(self, model: nn.Module, axes: list[Axis], example_inputs: Mapping[str, torch.Tensor]) -> None:
-        self.axes = axes
+        # An axis that names no tensors and has no child axes (speech's residual stream) has nothing to score.
+        parents = {a.parent for a in axes}
+        self.axes = [a for a in axes if a.writers or a.readers or a.name in parents]
         self.twin = shared_twin(model)
         self.graph = trace(self.twin, example_inputs)
-        self.groups = {axis.name: self._groups_of(axis) for axis in axes if axis.writers or axis.readers}
+        self.groups = {axis.name: self._groups_of(axis) for axis in self.axes if axis.writers or axis.readers}
         self.params = list(self.twin.parameters())
 
     def _groups_of(self, axis: Axis) -> list[tp.Group]:

@@ -139,6 +139,20 @@ def test_uniform_sizes_ties_hidden_to_heads_and_meets_the_budget():
     assert abs(count(sizes) - budget) / budget < 0.001
 
 
+def test_uniform_sizes_shrink_conv_channels_with_the_heads_or_alone():
+    limits = {"conv": 512, "heads": 12, "ffn": 3072}
+
+    def count(sizes: dict[str, int]) -> float:
+        c, n, f = sizes.get("conv", 512), sizes.get("heads", 12), sizes.get("ffn", 3072)
+        return 7 * 3 * c * c + 12 * (4 * 768 * n * 64 + 2 * 768 * f)
+
+    budget = 0.25 * count({})
+    sizes = uniform_sizes(limits, ["conv", "heads", "ffn"], budget, count, head_dim=64)
+    assert sizes["conv"] == round(sizes["heads"] / 12 * 512) < 512
+    assert abs(count(sizes) - budget) / budget < 0.001
+    assert uniform_sizes(limits, ["conv"], count({"conv": 300}), count, head_dim=64) == {"conv": 300}
+
+
 def test_reparam_and_pruners_do_not_import_transformers():
     code = "import sys, reparam, pruners; sys.exit(int(any(m.startswith('transformers') for m in sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

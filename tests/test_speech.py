@@ -170,14 +170,34 @@ def test_hubert_base_size_accounting_matches_dphubert():
     snapped = job.structure().parameters
     assert abs(snapped - 23_585_946) / 23_585_946 <= 0.01
     # The one-shot path: uniform sizes by weight magnitude.
-    one_shot = job.prune_to(0.75).parameters
-    assert abs(one_shot - 23_585_946) / 23_585_946 <= 0.01
+    one_shot = job.prune_to(0.75)
+    assert abs(one_shot.parameters - 23_585_946) / 23_585_946 <= 0.01
+    # Conv channels shrink with the heads (3 of 12 kept: a quarter of 512 channels).
+    assert {one_shot.sizes[f"conv.{j}"] for j in range(7)} == {128}
     # Counting from shapes equals a real model of that shape (conv widths per layer are stock).
     sizes = {f"conv.{j}": 256 + 32 * j for j in range(7)} | {f"layers.{i}.ffn": 1024 for i in range(12)}
     student = transformers.HubertModel(
         transformers.HubertConfig(conv_dim=[256 + 32 * j for j in range(7)], intermediate_size=1024)
     )
     assert job.count(sizes) == sum(p.numel() for p in student.parameters())
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2"])
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_torch_pruning_one_shot_prunes_speech_to_the_target_and_folds_exactly(family, method):
+    """torch-pruning's groups cover the conv channels too; the residual stream, never gated here, is skipped."""
+    teacher = _teacher(f"{FAMILY_CLASSES[family]}Model", family, "layer", True)
+    recipe = speech_recipe(family, **{"prune.method": method, "prune.target_sparsity": 0.5})
+    job = compress.attach(teacher, recipe)
+    job.method.one_shot()
+    structure = job.structure()
+    assert abs(structure.encoder_parameters / structure.teacher_encoder_parameters - 0.5) <= 0.01
+    limits = job.adapter.kind_limits()
+    assert all(0 < structure.sizes[f"conv.{j}"] < limits["conv"] for j in range(3))
+    student = job.fold()
+    with torch.no_grad():
+        expected = job.model.eval()(_audio()).last_hidden_state
+        assert (student(_audio()).last_hidden_state - expected).abs().max().item() <= TOL
 
 
 def test_speech_recipes_refuse_hidden_and_text_recipes_refuse_conv():

@@ -165,6 +165,21 @@ def test_short_dphubert_run_meets_the_target_and_exports_a_loadable_student(teac
     assert hidden.shape == (2, 199, 32) and torch.isfinite(hidden).all()
 
 
+@pytest.mark.parametrize("method", ["taylor", "wid"])
+def test_scheduled_methods_run_the_speech_recipe(teacher_and_audio, tmp_path, method):
+    """The DPHuBERT recipe with another prune.method: same data, distillation, target and export."""
+    teacher_dir, audio_dir = teacher_and_audio
+    overrides = {**SHORT, "prune.method": method, "train.max_steps": 12, "finetune.max_steps": 4,
+                 "prune.schedule": {"kind": "linear", "start_step": 0, "ramp_steps": 8}}
+    out = compress.run("hubert-dphubert", teacher=teacher_dir, data=audio_dir, out=tmp_path / method,
+                       overrides=overrides, progress=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert abs(record["structure"]["encoder_sparsity"] - 0.75) <= 0.01
+    assert all(0 < record["structure"]["sizes"][f"conv.{j}"] < 32 for j in range(3))
+    student = transformers.AutoModel.from_pretrained(out, trust_remote_code=True).eval()
+    assert sum(p.numel() for p in student.parameters()) == record["student_parameters"]
+
+
 def test_cli_runs_the_speech_recipe(teacher_and_audio, tmp_path):
     teacher_dir, audio_dir = teacher_and_audio
     overrides = [f"{k}={json.dumps(v)}" for k, v in {**SHORT, "train.max_steps": 4, "finetune.max_steps": 2}.items()]
