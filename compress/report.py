@@ -345,10 +345,24 @@ def _curves(log: dict[str, list[dict]]) -> tuple[Curves, list[int]]:
     return curves, starts
 
 
+def value_scale(series: dict[str, dict[str, list[tuple[int, float]]]]) -> tuple[str, float | None]:
+    """``("symlog", threshold)`` when a panel's largest value dwarfs its typical one, else ``("linear", None)``.
+
+    WID's shrink penalty starts some 50x above the distillation loss it is added to; on a linear axis
+    every other curve would be flat. The symmetric log keeps signs (the Lagrangian penalty goes negative).
+    """
+    magnitudes = sorted(abs(v) for stages in series.values() for points in stages.values() for _, v in points)
+    typical = magnitudes[len(magnitudes) // 2] if magnitudes else 0.0
+    if typical > 0 and magnitudes[-1] > 30 * typical:
+        return "symlog", typical / 10
+    return "linear", None
+
+
 def plot_training(log: dict[str, list[dict]], path: Path, title: str = "") -> Path:
     """Sparsity, Lagrange multipliers and losses over training, one panel each (those the log has).
 
-    One colour per key; stage 1 solid, later stages dashed, a dotted line where the model was folded.
+    One colour per key; stage 1 solid, later stages dashed, a dotted line where the model was folded;
+    a panel whose values span too wide a range gets a symmetric log scale (``value_scale``).
     """
     curves, starts = _curves(log)
     order = [p for p in ("sparsity", "Lagrange multipliers", "losses") if p in curves]
@@ -363,7 +377,12 @@ def plot_training(log: dict[str, list[dict]], path: Path, title: str = "") -> Pa
                         label=None if first else key)
         for step in starts:
             ax.axvline(step, color="0.5", linestyle=":", linewidth=1)
-        ax.set_title(panel)
+        scale, threshold = value_scale(curves[panel])
+        if threshold is not None:
+            ax.set_yscale(scale, linthresh=threshold)
+            if all(v >= 0 for stages in curves[panel].values() for points in stages.values() for _, v in points):
+                ax.set_ylim(bottom=0)
+        ax.set_title(panel if threshold is None else f"{panel} (symmetric log scale)")
         ax.set_xlabel("optimiser step (" + ", then ".join(f"{stage} {named[styles[stage]]}" for stage in styles) + ")")
         ax.legend(fontsize=7)
     figure.suptitle(f"{title}: training" if title else "training")

@@ -16,7 +16,7 @@ from speech_helpers import tiny_speech_config, write_clips
 
 import compress
 from compress.cli import main
-from compress.report import build_report
+from compress.report import build_report, value_scale
 from compress.teachers import default_teacher_path
 
 SHORT = {
@@ -101,6 +101,16 @@ def test_report_prints_the_recorded_structure_and_writes_the_plots(l0_run, tmp_p
         height, width, _ = imread(path).shape
         assert height > 200 and width > 400
     assert not (l0_run / "report_structure.png").exists(), "--plot-dir sends the PNGs away from the run"
+
+
+def test_a_loss_that_dwarfs_the_others_gets_a_log_scale():
+    """WID's shrink penalty starts far above the distillation loss: the panel switches to a symmetric log."""
+    def losses(penalty: list[float]) -> dict:
+        keys = {"loss": [0.5 + p for p in penalty], "distill_loss": [0.5] * len(penalty), "penalty": penalty}
+        return {key: {"prune": list(enumerate(values, start=1))} for key, values in keys.items()}
+
+    assert value_scale(losses([24.0, 12.0, 3.0, 0.5, 0.0, 0.0])) == ("symlog", pytest.approx(0.05))
+    assert value_scale(losses([0.3, -0.1, 0.2, 0.1, 0.0, 0.0])) == ("linear", None)
 
 
 def test_macs_count_every_product_at_the_stated_length(l0_run, tiny_teacher_dir):
