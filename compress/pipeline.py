@@ -91,6 +91,9 @@ def _training_args(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) 
         # The distillation heads and multipliers are used outside the model's forward; every trainable
         # parameter gets exactly one gradient per step, which DDP checks without a graph search.
         ddp_find_unused_parameters=False,
+        # Under DDP every rank reads its own batches: speech batches (length buckets, cropped per batch)
+        # differ in length from rank to rank, so rank 0 cannot fetch and concatenate them all.
+        accelerator_config={"dispatch_batches": False},
     )
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -89,6 +90,21 @@ def test_length_buckets_group_similar_lengths_into_full_batches():
     assert not all(np.array_equal(a, b) for a, b in zip(epoch0, buckets.batches())), "a new order every epoch"
     with pytest.raises(DataError, match="fewer than one batch.*train.batch_size"):
         LengthBuckets(waves[:3], batch_size=4)
+
+
+def test_under_ddp_each_rank_reads_whole_buckets_of_its_own():
+    """Each DDP rank iterates the buckets through accelerate's shard (the driver turns off batch dispatch)."""
+    from accelerate.data_loader import IterableDatasetShard
+
+    waves = [np.zeros(n, np.float32) for n in range(100, 2100, 100)]
+    buckets = LengthBuckets(waves, batch_size=4, seed=0)
+    order = buckets.batches()
+    for rank in (0, 1):
+        shard = IterableDatasetShard(buckets, batch_size=4, num_processes=2, process_index=rank)
+        got = [len(item["input_values"]) for item in shard]
+        # Rank r gets buckets r, r + 2, ...; the last round is completed from the first buckets.
+        expected = list(order[rank::2]) + ([order[0]] if rank == 1 else [])
+        assert got == [len(waves[i]) for bucket in expected for i in bucket]
 
 
 def test_crop_collator_crops_every_clip_to_the_shortest():
@@ -190,6 +206,24 @@ def test_cli_runs_the_speech_recipe(teacher_and_audio, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"conv channels per layer: \[\d+, \d+, \d+\]", proc.stdout)
     assert re.search(r"\((74\.\d|75\.\d)% removed\)", proc.stdout)
+    assert transformers.AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True) is not None
+
+
+def test_two_process_ddp_speech_run(teacher_and_audio, tmp_path):
+    """torchrun with 2 CPU processes: ranks crop their own buckets to different lengths; one student is written."""
+    teacher_dir, audio_dir = teacher_and_audio
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29632"]
+    overrides = {**SHORT, "train.max_steps": 8, "train.save_steps": 4, "finetune.max_steps": 4}
+    proc = subprocess.run(
+        [*torchrun, "-m", "compress.cli", "run", "hubert-dphubert", "--teacher", str(teacher_dir), "--data",
+         str(audio_dir), "--out", "run", *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]],
+        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("student written to run") == 1
+    record = json.loads((tmp_path / "run/compression.json").read_text())
+    assert abs(record["structure"]["encoder_sparsity"] - 0.75) <= 0.01
     assert transformers.AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True) is not None
 
 
