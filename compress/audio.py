@@ -2,7 +2,8 @@
 
 As DPHuBERT does, clips are resampled to the model's rate (16 kHz for HuBERT / wav2vec2), grouped into
 batches of clips of similar length, and every clip of a batch is cropped at a random offset to the
-batch's shortest clip: batches need no padding and no attention mask. Decoding uses ``soundfile``
+batch's shortest clip: batches need no padding and no attention mask. Order and crops are drawn from
+the seed and the epoch alone, so resumed and distributed runs see the same batches. Decoding uses ``soundfile``
 (libsndfile: wav, flac, ogg) and resampling ``scipy.signal.resample_poly`` (polyphase, exact for integer
 rate ratios such as 44.1 / 48 kHz -> 16 kHz).
 """
@@ -121,14 +122,18 @@ def split_clips(clips: list[Clip], fraction: float, seed: int) -> tuple[list[Cli
 
 
 class LengthBuckets(IterableDataset):
-    """Training clips in batches of similar length, the batch order shuffled every epoch.
+    """Training clips in batches of similar length, each clip cropped to its batch's shortest.
 
     Each epoch, ``len % batch_size`` randomly chosen clips sit out so every batch is full (the
     DataLoader's batches then coincide with the buckets); the rest are sorted by length and cut into
-    consecutive batches. Yields ``{"input_values": wave}`` items, ``batch_size`` per bucket in a row.
+    consecutive batches, whose order is shuffled. Every clip of a batch is cropped at a random offset to
+    the batch's shortest clip (at most ``max_samples``). Order and crops depend only on the seed and the
+    epoch, never on the global RNG, so a resumed run and every DDP rank read exactly the batches an
+    uninterrupted run does. Yields ``{"input_values": wave}`` items, ``batch_size`` per bucket in a row;
+    the length is the clips used per epoch, so the Trainer counts epochs (and resumes in the right one).
     """
 
-    def __init__(self, waves: list[np.ndarray], batch_size: int, seed: int = 0) -> None:
+    def __init__(self, waves: list[np.ndarray], batch_size: int, seed: int = 0, max_samples: int | None = None) -> None:
         super().__init__()
         if len(waves) < batch_size:
             raise DataError(
@@ -138,7 +143,11 @@ class LengthBuckets(IterableDataset):
         self.waves = waves
         self.batch_size = batch_size
         self.seed = seed
+        self.max_samples = max_samples
         self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.waves) - len(self.waves) % self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -146,37 +155,36 @@ class LengthBuckets(IterableDataset):
     def batches(self) -> list[np.ndarray]:
         """This epoch's batches as arrays of clip indices, in the order they are yielded."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        count = len(self.waves) - len(self.waves) % self.batch_size
-        chosen = rng.permutation(len(self.waves))[:count]
+        chosen = rng.permutation(len(self.waves))[: len(self)]
         by_length = chosen[np.argsort([len(self.waves[i]) for i in chosen], kind="stable")]
         buckets = by_length.reshape(-1, self.batch_size)
         return list(buckets[rng.permutation(len(buckets))])
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for bucket in self.batches():
+        for number, bucket in enumerate(self.batches()):
+            rng = np.random.default_rng([self.seed, self.epoch, number])
+            length = min(len(self.waves[i]) for i in bucket)
+            if self.max_samples is not None:
+                length = min(length, self.max_samples)
             for index in bucket:
-                yield {"input_values": self.waves[index]}
+                wave = self.waves[index]
+                start = int(rng.integers(len(wave) - length + 1))
+                yield {"input_values": wave[start : start + length]}
 
 
 @dataclass
 class CropCollator:
-    """Crop every clip of a batch to the shortest (at most ``max_samples``) and apply the feature extractor.
+    """A batch of clips through the feature extractor, any longer clip cut to the shortest (from its start).
 
-    Offsets are random (torch's generator, so Trainer seeding and resume reproduce them) when ``random``,
-    else every crop starts at 0.
+    ``LengthBuckets`` already yields equal-length crops; the cut only matters for other datasets.
     """
 
     processor: Any
-    max_samples: int
-    random: bool = True
 
     def __call__(self, items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         waves = [item["input_values"] for item in items]
-        length = min(self.max_samples, *(len(w) for w in waves))
-        starts = [
-            int(torch.randint(len(w) - length + 1, ())) if self.random else 0 for w in waves
-        ]
-        return {"input_values": features(self.processor, [w[s : s + length] for w, s in zip(waves, starts)])}
+        length = min(len(w) for w in waves)
+        return {"input_values": features(self.processor, [w[:length] for w in waves])}
 
 
 def features(processor: Any, waves: list[np.ndarray]) -> torch.Tensor:

@@ -123,13 +123,13 @@ def _speech_data(recipe: Recipe, extractor: Any, source: str | Path | None) -> T
         )
     train_clips, held = audio.split_clips(kept, data["held_out"], train["seed"])
     max_samples = round(data["max_seconds"] * rate)
-    buckets = audio.LengthBuckets([c.wave for c in train_clips], train["batch_size"], train["seed"])
+    buckets = audio.LengthBuckets([c.wave for c in train_clips], train["batch_size"], train["seed"], max_samples)
     held_waves = [c.wave[:max_samples] for c in held[:FIDELITY_CLIPS]]
 
     def fidelity(teacher: PreTrainedModel, student: PreTrainedModel) -> float:
         return audio_fidelity(teacher, student, extractor, held_waves)
 
-    collator = audio.CropCollator(extractor, max_samples)
+    collator = audio.CropCollator(extractor)
     usable = len(held_waves) >= 3
     return TrainingData(buckets, collator, "held_out_clips", len(held_waves), fidelity if usable else None)
 

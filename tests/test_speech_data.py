@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import compress
 from compress.audio import CropCollator, LengthBuckets, load_clips, split_clips
 from compress.errors import DataError
 from speech_helpers import one_thread, tiny_speech_config, waveform, write_clips  # noqa: F401 (fixture)
-from test_driver import SCRIPT
+from test_driver import SCRIPT, _env, _interrupt_after_checkpoint, _start, _student_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,40 +86,59 @@ def test_length_buckets_group_similar_lengths_into_full_batches():
         inside = [i for i in used if low < lengths[i] < high and i not in batch]
         assert not inside
     items = [item["input_values"] for item in buckets]
-    assert [len(w) for w in items] == [len(waves[i]) for i in np.concatenate(epoch0)]
+    assert len(items) == len(buckets) == 20
+    assert [len(w) for w in items] == [lengths[b].min() for b in epoch0 for _ in b], "each clip cut to its batch's shortest"
     buckets.set_epoch(1)
     assert not all(np.array_equal(a, b) for a, b in zip(epoch0, buckets.batches())), "a new order every epoch"
     with pytest.raises(DataError, match="fewer than one batch.*train.batch_size"):
         LengthBuckets(waves[:3], batch_size=4)
 
 
+def test_crops_are_random_slices_drawn_from_the_seed_and_epoch_alone():
+    """A crop is a contiguous slice of its clip at the batch's length; the global RNG plays no part."""
+    waves = [np.arange(n, dtype=np.float32) for n in range(100, 2100, 100)]
+    buckets = LengthBuckets(waves, batch_size=4, seed=3, max_samples=500)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    first = list(buckets)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    assert all(np.array_equal(a["input_values"], b["input_values"]) for a, b in zip(first, buckets))
+    starts = []
+    for bucket, number in zip(buckets.batches(), range(0, len(first), 4)):
+        crops = [first[number + k]["input_values"] for k in range(4)]
+        length = min(500, min(len(waves[i]) for i in bucket))
+        for index, crop in zip(bucket, crops):
+            start = int(crop[0])
+            assert len(crop) == length and np.array_equal(crop, waves[index][start : start + length])
+            starts.append(start)
+    assert len(set(starts)) > 10, "offsets vary"
+    buckets.set_epoch(1)
+    assert not all(np.array_equal(a["input_values"], b["input_values"]) for a, b in zip(first, buckets))
+
+
 def test_under_ddp_each_rank_reads_whole_buckets_of_its_own():
     """Each DDP rank iterates the buckets through accelerate's shard (the driver turns off batch dispatch)."""
     from accelerate.data_loader import IterableDatasetShard
 
-    waves = [np.zeros(n, np.float32) for n in range(100, 2100, 100)]
+    waves = [np.arange(n, dtype=np.float32) for n in range(100, 2100, 100)]
     buckets = LengthBuckets(waves, batch_size=4, seed=0)
-    order = buckets.batches()
+    items = [item["input_values"] for item in buckets]
+    batches = [items[k : k + 4] for k in range(0, len(items), 4)]
     for rank in (0, 1):
         shard = IterableDatasetShard(buckets, batch_size=4, num_processes=2, process_index=rank)
-        got = [len(item["input_values"]) for item in shard]
+        got = [item["input_values"] for item in shard]
         # Rank r gets buckets r, r + 2, ...; the last round is completed from the first buckets.
-        expected = list(order[rank::2]) + ([order[0]] if rank == 1 else [])
-        assert got == [len(waves[i]) for bucket in expected for i in bucket]
+        expected = [w for batch in batches[rank::2] + (batches[:1] if rank == 1 else []) for w in batch]
+        assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
 
 
-def test_crop_collator_crops_every_clip_to_the_shortest():
+def test_crop_collator_cuts_longer_clips_to_the_shortest():
     extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=False)
     waves = [np.arange(n, dtype=np.float32) for n in (50, 80, 65)]
-    torch.manual_seed(0)
-    batch = CropCollator(extractor, max_samples=1000)([{"input_values": w} for w in waves])["input_values"]
-    assert batch.shape == (3, 50)
-    for row, wave in zip(batch, waves):
-        start = int(row[0])
-        assert torch.equal(row, torch.from_numpy(wave[start : start + 50]))
-    capped = CropCollator(extractor, max_samples=20, random=False)([{"input_values": w} for w in waves])["input_values"]
-    assert capped.shape == (3, 20) and torch.equal(capped[1], torch.arange(20.0))
-    normalised = CropCollator(transformers.Wav2Vec2FeatureExtractor(do_normalize=True), 1000)([{"input_values": w} for w in waves])
+    batch = CropCollator(extractor)([{"input_values": w} for w in waves])["input_values"]
+    assert batch.shape == (3, 50) and all(torch.equal(row, torch.arange(50.0)) for row in batch)
+    normalised = CropCollator(transformers.Wav2Vec2FeatureExtractor(do_normalize=True))([{"input_values": w} for w in waves])
     assert normalised["input_values"].mean(1).abs().max() < 1e-4
 
 
@@ -225,6 +245,24 @@ def test_two_process_ddp_speech_run(teacher_and_audio, tmp_path):
     record = json.loads((tmp_path / "run/compression.json").read_text())
     assert abs(record["structure"]["encoder_sparsity"] - 0.75) <= 0.01
     assert transformers.AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True) is not None
+
+
+def test_killed_speech_run_resumes_to_the_same_student(teacher_and_audio, tmp_path):
+    """Killed mid-epoch (4 batches an epoch, a checkpoint every 3 steps), --resume ends with the same student."""
+    teacher_dir, audio_dir = teacher_and_audio
+    overrides = {**SHORT, "train.save_steps": 3, "finetune.max_steps": 4}
+    args = ["run", "hubert-dphubert", "--teacher", str(teacher_dir), "--data", str(audio_dir),
+            *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]]
+    reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    proc = _start([*args, "--out", "resumed"], tmp_path)
+    code, _ = _interrupt_after_checkpoint(proc, tmp_path / "resumed/checkpoints/prune/checkpoint-9", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = _student_tensors(tmp_path / "reference"), _student_tensors(tmp_path / "resumed")
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed run ends with the same student"
 
 
 def test_speech_run_without_audio_says_what_to_pass(teacher_and_audio, tmp_path):
