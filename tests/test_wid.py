@@ -94,6 +94,13 @@ def test_random_heterogeneous_structure_folds_exactly_with_every_head():
             assert (folded.last_hidden_state - gated.last_hidden_state[..., kept]).abs().max() <= 1e-4
 
 
+def test_the_design_name_compactor_selects_wid():
+    teacher = transformers.BertModel(tiny_bert_config()).eval()
+    job = compress.attach(teacher, compress.load_recipe("bert-l0").override({**WID, "prune.method": "compactor"}))
+    assert type(job.method).__name__ == "WIDMethod"
+    assert any("compactor" in name for name, _ in job.model.named_parameters())
+
+
 def test_fold_refuses_a_compactor_that_still_carries_a_removed_unit():
     teacher = transformers.BertModel(tiny_bert_config()).eval()
     job = compress.attach(teacher, compress.load_recipe("bert-wid").override(WID))

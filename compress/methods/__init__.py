@@ -10,6 +10,8 @@ from compress.methods.scheduled import MagnitudeMethod, RandomMethod, ScheduledT
 from compress.methods.wid import COMPACTORS_ATTR, WIDMethod
 
 METHODS: dict[str, type[PruningMethod]] = {m.name: m for m in (L0Method, MagnitudeMethod, WIDMethod, TaylorMethod, RandomMethod, LayerDropMethod)}
+#: The design's generic name for the compactor method (``prune.method: compactor``) is WID.
+METHODS["compactor"] = WIDMethod
 
 
 def method_class(name: str) -> type[PruningMethod]:
