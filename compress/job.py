@@ -40,7 +40,7 @@ class CompressionJob:
         if adapter is None and adapter_cls.family != recipe.family:
             raise RecipeError(
                 f"recipe {recipe.name!r} is for family {recipe.family!r} but the teacher "
-                f"{type(teacher).__name__} is {adapter_cls.family!r}; use a {adapter_cls.family} recipe"
+                f"{type(teacher).__name__} is {adapter_cls.family!r}; use a {adapter_cls.family} recipe or a {recipe.family} teacher"
             )
         self.recipe = recipe
         self.teacher_name = str(getattr(teacher.config, "name_or_path", "") or type(teacher).__name__)

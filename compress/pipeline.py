@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, TrainingArguments, set_seed
 
 from compress.distill import DistillationLoss
-from compress.errors import CompressError, Interrupted, OutputDirError
+from compress.errors import CompressError, Interrupted, OutputDirError, RecipeError
 from compress.export import TRAINING_LOG_FILE, check_output_dir, save_student
 from compress.job import CompressionJob, attach
 from compress.modality import training_data, with_objective
@@ -176,6 +176,11 @@ def run(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if overrides:
         recipe = recipe.override(overrides)
+    if teacher is None and recipe.family != "bert":
+        raise RecipeError(
+            f"recipe {recipe.name!r} compresses {recipe.family} models, and without a teacher the teacher is the "
+            f"bundled MiniLM (bert): pass a {recipe.family} model folder with --teacher PATH (teacher=...)"
+        )
     out = Path(out) if out is not None else Path(f"{recipe.name}-student")
     teacher_dir = None if isinstance(teacher, PreTrainedModel) else (teacher or default_teacher_path())
     if is_main_process():
@@ -190,8 +195,8 @@ def run(
         )
     set_seed(seed)
     recipe = with_objective(recipe, teacher)
+    job = attach(teacher, recipe)  # before the data: a recipe of another family fails fast, naming the mismatch
     prepared = training_data(recipe, teacher, processor, data)
-    job = attach(teacher, recipe)
     width = teacher.config.hidden_size
     distillation = DistillationLoss(recipe.distill, width, width)
     stopper = StopOnSignal()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers
 
 import compress
 from conftest import tiny_bert_config
+from speech_helpers import tiny_speech_config
 
 
 def test_unsupported_model_names_the_supported_families():
@@ -90,3 +92,18 @@ def test_recipe_family_must_be_known_and_match_the_teacher(tmp_path):
     assert speech.prune["axes"] == ["conv", "heads", "ffn", "attention", "mlp"], "axes default to the family's"
     with pytest.raises(compress.RecipeError, match="is for family 'hubert' but the teacher BertModel is 'bert'"):
         compress.attach(transformers.BertModel(tiny_bert_config()), speech)
+
+
+def test_a_speech_recipe_without_a_teacher_asks_for_one(tmp_path):
+    """The default teacher is MiniLM (text): a speech recipe without --teacher names what to pass, before any work."""
+    with pytest.raises(compress.RecipeError, match="bundled MiniLM.*--teacher PATH"):
+        compress.run("hubert-dphubert", data=tmp_path / "audio", out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_of_another_family_fails_before_the_data_is_read(tmp_path):
+    torch.manual_seed(0)
+    transformers.HubertModel(tiny_speech_config("hubert")).save_pretrained(tmp_path / "hubert")
+    with pytest.raises(compress.RecipeError, match="is for family 'bert'.*'hubert'; use a hubert recipe or a bert teacher"):
+        compress.run("bert-l0", teacher=tmp_path / "hubert", out=tmp_path / "run", progress=False)
+
