@@ -3,9 +3,9 @@
 As DPHuBERT does, clips are resampled to the model's rate (16 kHz for HuBERT / wav2vec2), grouped into
 batches of clips of similar length, and every clip of a batch is cropped at a random offset to the
 batch's shortest clip: batches need no padding and no attention mask. Order and crops are drawn from
-the seed and the epoch alone, so resumed and distributed runs see the same batches. Decoding uses ``soundfile``
-(libsndfile: wav, flac, ogg) and resampling ``scipy.signal.resample_poly`` (polyphase, exact for integer
-rate ratios such as 44.1 / 48 kHz -> 16 kHz).
+the seed and the epoch alone, so resumed and distributed runs see the same batches. Decoding uses
+``soundfile`` (libsndfile: wav, flac, ogg) and resampling ``scipy.signal.resample_poly`` (polyphase,
+exact for integer rate ratios such as 44.1 / 48 kHz -> 16 kHz).
 """
 
 from __future__ import annotations

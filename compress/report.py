@@ -345,13 +345,17 @@ def _curves(log: dict[str, list[dict]]) -> tuple[Curves, list[int]]:
     return curves, starts
 
 
+def _values(series: dict[str, dict[str, list[tuple[int, float]]]]) -> list[float]:
+    return [v for stages in series.values() for points in stages.values() for _, v in points]
+
+
 def value_scale(series: dict[str, dict[str, list[tuple[int, float]]]]) -> tuple[str, float | None]:
     """``("symlog", threshold)`` when a panel's largest value dwarfs its typical one, else ``("linear", None)``.
 
     WID's shrink penalty starts some 50x above the distillation loss it is added to; on a linear axis
     every other curve would be flat. The symmetric log keeps signs (the Lagrangian penalty goes negative).
     """
-    magnitudes = sorted(abs(v) for stages in series.values() for points in stages.values() for _, v in points)
+    magnitudes = sorted(abs(v) for v in _values(series))
     typical = magnitudes[len(magnitudes) // 2] if magnitudes else 0.0
     if typical > 0 and magnitudes[-1] > 30 * typical:
         return "symlog", typical / 10
@@ -380,7 +384,7 @@ def plot_training(log: dict[str, list[dict]], path: Path, title: str = "") -> Pa
         scale, threshold = value_scale(curves[panel])
         if threshold is not None:
             ax.set_yscale(scale, linthresh=threshold)
-            if all(v >= 0 for stages in curves[panel].values() for points in stages.values() for _, v in points):
+            if min(_values(curves[panel])) >= 0:
                 ax.set_ylim(bottom=0)
         ax.set_title(panel if threshold is None else f"{panel} (symmetric log scale)")
         ax.set_xlabel("optimiser step (" + ", then ".join(f"{stage} {named[styles[stage]]}" for stage in styles) + ")")
