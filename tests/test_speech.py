@@ -192,8 +192,30 @@ def test_torch_pruning_one_shot_prunes_speech_to_the_target_and_folds_exactly(fa
     job.method.one_shot()
     structure = job.structure()
     assert abs(structure.encoder_parameters / structure.teacher_encoder_parameters - 0.5) <= 0.01
-    limits = job.adapter.kind_limits()
-    assert all(0 < structure.sizes[f"conv.{j}"] < limits["conv"] for j in range(3))
+    assert all(0 < structure.sizes[f"conv.{j}"] < width for j, width in enumerate(teacher.config.conv_dim))
+    student = job.fold()
+    with torch.no_grad():
+        expected = job.model.eval()(_audio()).last_hidden_state
+        assert (student(_audio()).last_hidden_state - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2"])
+@pytest.mark.parametrize("norm, stable", [("group", False), ("layer", True)])
+def test_wid_compactors_on_conv_heads_and_ffn_fold_exactly(family, norm, stable):
+    """WID on speech: the identity at attach; perturbed compactors and a one-shot target fold exactly."""
+    teacher = _teacher(f"{FAMILY_CLASSES[family]}Model", family, norm, stable)
+    recipe = speech_recipe(family, **{"prune.method": "wid", "prune.target_sparsity": 0.5, "prune.axes": ["conv", "heads", "ffn"]})
+    job = compress.attach(teacher, recipe)
+    with torch.no_grad():
+        assert (job.model.eval()(_audio()).last_hidden_state - teacher(_audio()).last_hidden_state).abs().max().item() <= 1e-5
+        torch.manual_seed(2)
+        compactors = [p for name, p in job.model.named_parameters() if "compactor" in name]
+        assert compactors
+        for param in compactors:
+            param.add_(0.05 * torch.randn_like(param))
+    job.method.one_shot()
+    sizes = job.structure().sizes
+    assert all(0 < sizes[f"conv.{j}"] < width for j, width in enumerate(teacher.config.conv_dim)), "conv channels were removed"
     student = job.fold()
     with torch.no_grad():
         expected = job.model.eval()(_audio()).last_hidden_state
