@@ -128,6 +128,11 @@ LOADER = textwrap.dedent(
 )
 
 
+def offline_env() -> dict[str, str]:
+    """The environment for a subprocess of the library: no hub access, one thread per process."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
 def load_elsewhere(folder: Path, auto_name: str, remote: bool, batch: dict, tmp_path: Path) -> tuple[str, torch.Tensor]:
     """Save ``batch``, load ``folder`` with ``auto_name`` in a process without our packages, return (class, output)."""
     inputs, outputs = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"

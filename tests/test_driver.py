@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import transformers
 from safetensors.torch import load_file
 
 import compress
+from conftest import offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("compress") or str(Path(sys.executable).with_name("compress"))
@@ -34,10 +34,6 @@ SHORT = {
 
 def _overrides(extra: dict | None = None) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in {**SHORT, **(extra or {})}.items()]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def test_short_run_meets_the_size_target_and_exports_a_loadable_student(tiny_teacher_dir, tmp_path):
@@ -80,7 +76,7 @@ def test_attention_relation_and_mse_terms_train(tiny_teacher_dir, tmp_path):
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([SCRIPT, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([SCRIPT, *args], cwd=cwd, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _interrupt_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, signum: int) -> tuple[int, str]:
@@ -100,7 +96,7 @@ def _student_tensors(out: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_resumes_to_the_same_student(tiny_teacher_dir, tmp_path, signum):
     args = ["run", "bert-l0", "--teacher", str(tiny_teacher_dir), *_overrides()]
-    reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     proc = _start([*args, "--out", "resumed"], tmp_path)
@@ -112,9 +108,9 @@ def test_interrupted_run_resumes_to_the_same_student(tiny_teacher_dir, tmp_path,
     state = json.loads(max((tmp_path / "resumed/checkpoints/prune").glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["global_step"] < SHORT["train.max_steps"]
 
-    refused = subprocess.run([SCRIPT, *args, "--out", "resumed"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    refused = subprocess.run([SCRIPT, *args, "--out", "resumed"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     expected, got = _student_tensors(tmp_path / "reference"), _student_tensors(tmp_path / "resumed")
@@ -128,7 +124,7 @@ def test_two_process_ddp(tiny_teacher_dir, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631"]
     example = subprocess.run(
         [*torchrun, str(ROOT / "examples/trainer_script.py"), "--tiny", "--steps", "4", "--out", "ex", "--dump-gates"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=600,
     )
     assert example.returncode == 0, example.stderr[-3000:]
     ranks = [load_file(tmp_path / f"ex/gates-rank{r}.safetensors") for r in (0, 1)]
@@ -141,7 +137,7 @@ def test_two_process_ddp(tiny_teacher_dir, tmp_path):
     pipeline = subprocess.run(
         [*torchrun, "-m", "compress.cli", "run", "bert-l0", "--teacher", str(tiny_teacher_dir), "--out", "run",
          *_overrides({"train.max_steps": 6, "finetune.max_steps": 2})],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=600,
     )
     assert pipeline.returncode == 0, pipeline.stderr[-3000:]
     assert pipeline.stdout.count("student written to run") == 1

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import offline_env
 import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str, cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=cwd, env=offline_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,10 +17,11 @@ import torch
 import transformers
 
 import compress
+from conftest import offline_env
 from compress.audio import CropCollator, LengthBuckets, load_clips, split_clips
 from compress.errors import DataError
 from speech_helpers import one_thread, tiny_speech_config, waveform, write_clips  # noqa: F401 (fixture)
-from test_driver import SCRIPT, _env, _interrupt_after_checkpoint, _start, _student_tensors
+from test_driver import SCRIPT, _interrupt_after_checkpoint, _start, _student_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -221,7 +221,7 @@ def test_cli_runs_the_speech_recipe(teacher_and_audio, tmp_path):
     overrides = [f"{k}={json.dumps(v)}" for k, v in {**SHORT, "train.max_steps": 4, "finetune.max_steps": 2}.items()]
     proc = subprocess.run(
         [SCRIPT, "run", "hubert-dphubert", "--teacher", str(teacher_dir), "--data", str(audio_dir), "--out", "run", *overrides],
-        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        cwd=tmp_path, env=offline_env(), capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"conv channels per layer: \[\d+, \d+, \d+\]", proc.stdout)
@@ -237,7 +237,7 @@ def test_two_process_ddp_speech_run(teacher_and_audio, tmp_path):
     proc = subprocess.run(
         [*torchrun, "-m", "compress.cli", "run", "hubert-dphubert", "--teacher", str(teacher_dir), "--data",
          str(audio_dir), "--out", "run", *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]],
-        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path, env=offline_env(),
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -253,12 +253,12 @@ def test_killed_speech_run_resumes_to_the_same_student(teacher_and_audio, tmp_pa
     overrides = {**SHORT, "train.save_steps": 3, "finetune.max_steps": 4}
     args = ["run", "hubert-dphubert", "--teacher", str(teacher_dir), "--data", str(audio_dir),
             *[f"{k}={json.dumps(v)}" for k, v in overrides.items()]]
-    reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-2000:]
     proc = _start([*args, "--out", "resumed"], tmp_path)
     code, _ = _interrupt_after_checkpoint(proc, tmp_path / "resumed/checkpoints/prune/checkpoint-9", signal.SIGKILL)
     assert code == -signal.SIGKILL
-    resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected, got = _student_tensors(tmp_path / "reference"), _student_tensors(tmp_path / "resumed")
     assert expected.keys() == got.keys()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "suite.py"
@@ -51,10 +51,9 @@ def test_every_method_gets_the_same_steps_and_scaled_schedules(suite):
 
 
 def _quick(runs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--runs-dir", str(runs), "--out-dir", str(out), *extra],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=offline_env(), capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
