@@ -39,7 +39,8 @@ from transformers import PreTrainedModel
 
 import compress
 from compress.errors import CompressError
-from compress.modality import with_objective
+from compress.adapters import modality_of
+from compress.objective import with_objective
 from compress.recipe import Recipe
 from compress.report import RunReport, build_report, load_run
 from compress.teachers import default_teacher_path, load_teacher, small_random_bert
@@ -119,7 +120,7 @@ def finished_run(run_dir: Path, recipe: Recipe, teacher: Path, teacher_model: Pr
         record, _ = load_run(run_dir)
     except CompressError:
         return False
-    resolved = with_objective(recipe, teacher_model).to_dict()
+    resolved = with_objective(recipe, teacher_model, modality_of(teacher_model)).to_dict()
     return record.get("recipe") == resolved and record.get("teacher") == str(teacher)
 
 

@@ -3,35 +3,48 @@
     import compress
     recipe = compress.load_recipe("bert-l0")
     job = compress.attach(teacher, recipe)
-    student = job.fold()
-    compress.save_student(student, "out", processor=tokenizer)
+    student, record = compress.fold(job)
+    compress.save_student(student, "out", processor=tokenizer, record=record)
+
+The names below load on first use (``compress recipes`` needs neither torch nor transformers);
+the heterogeneous student classes are registered with transformers' Auto classes as soon as
+transformers is in use, so ``AutoModel.from_pretrained`` loads them after ``import compress``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from compress.autoregister import register_students_on_use
 from compress.errors import CompressError, OutputDirError, RecipeError, TargetError, UnsupportedModelError
-from compress.export import load_student, save_student
-from compress.generic import attach_generic
-from compress.job import CompressionJob, attach
-from compress.pipeline import run
-from compress.recipe import Recipe, bundled_recipes, load_recipe
-from compress.structure import Structure
-from compress.students import register_students
 
-register_students()
+#: public name -> the module that defines it
+_LAZY = {
+    "CompressionJob": "compress.job",
+    "attach": "compress.job",
+    "attach_generic": "compress.generic",
+    "fold": "compress.folding",
+    "CompressionRecord": "compress.folding",
+    "GatedModel": "compress.gated",
+    "load_student": "compress.export",
+    "save_student": "compress.export",
+    "run": "compress.pipeline",
+    "Recipe": "compress.recipe",
+    "bundled_recipes": "compress.recipe",
+    "load_recipe": "compress.recipe",
+    "Structure": "compress.structure",
+}
 
-__all__ = [
-    "CompressError",
-    "CompressionJob",
-    "OutputDirError",
-    "Recipe",
-    "RecipeError",
-    "Structure",
-    "TargetError",
-    "UnsupportedModelError",
-    "attach",
-    "attach_generic",
-    "bundled_recipes",
-    "load_recipe",
-    "load_student",
-    "run",
-    "save_student",
-]
+__all__ = ["CompressError", "OutputDirError", "RecipeError", "TargetError", "UnsupportedModelError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'compress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+register_students_on_use()

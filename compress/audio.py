@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,14 @@ from scipy.signal import resample_poly
 from torch.utils.data import IterableDataset
 from transformers import PretrainedConfig, Wav2Vec2FeatureExtractor
 
-from compress.data import load_raw
+from compress.data import FILE_BUILDERS, HUB_ID, load_raw
 from compress.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+#: dataset files an audio column is read from
+DATASET_SUFFIXES = tuple(FILE_BUILDERS)
+#: what ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write at the top of their folder
+SAVED_DATASET_FILES = ("state.json", "dataset_info.json", "dataset_dict.json")
 SUPPORTED = (
     "a folder of .wav / .flac files, one such file, or a dataset with an audio column (a save_to_disk folder, "
     "a .parquet / .jsonl / .csv file or a hub dataset id)"
@@ -67,20 +72,77 @@ def load_clips(source: str | Path, rate: int, column: str | None = None) -> list
     """Every clip of ``source`` (see ``SUPPORTED``) as mono float32 at ``rate`` Hz, in a stable order.
 
     A folder is searched recursively for .wav / .flac files (sorted by path); a folder without any is
-    read as a ``save_to_disk`` dataset. ``column`` names a dataset's audio column (default ``audio``).
+    read as a ``save_to_disk`` dataset when it holds one, else refused (it holds no audio). A missing
+    path is refused as such; only text that could be a hub dataset id (``name`` / ``owner/name``, no
+    file suffix) and names nothing on disk is tried on the hub. ``column`` names a dataset's audio
+    column (default ``audio``).
     """
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
-        return [Clip(str(path), read_audio(path, str(path), rate))]
+    where = Path(os.path.abspath(path))
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in AUDIO_SUFFIXES:
+            return [Clip(str(path), read_audio(path, str(path), rate))]
+        if suffix not in DATASET_SUFFIXES:
+            raise DataError(
+                f"{path} is neither a .wav / .flac file nor a dataset file ({', '.join(DATASET_SUFFIXES)}); {CONVERT}"
+            )
+        return _column_clips(_dataset(path), column or "audio", rate, str(source))
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if files:
             return [Clip(str(f), read_audio(f, str(f), rate)) for f in files]
+        if not any((path / name).is_file() for name in SAVED_DATASET_FILES):
+            others = sorted({p.suffix.lower() or p.name for p in path.rglob("*") if p.is_file()})
+            found = f" (it holds {', '.join(others[:6])} files)" if others else " (it is empty)"
+            raise DataError(
+                f"the folder {where} holds no .wav or .flac files, in it or its subfolders{found}, and no "
+                f"save_to_disk dataset; put the audio there (convert other formats with "
+                f"ffmpeg -i IN -ac 1 -ar 16000 OUT.wav), or pass {SUPPORTED}"
+            )
+        return _column_clips(_dataset(path), column or "audio", rate, str(source))
+    if _names_a_path(source):
+        raise DataError(
+            f"the audio path {where} does not exist; check the path (or the folder you run from), or pass {SUPPORTED}"
+        )
     try:
-        table = load_raw(source)
+        table = load_raw(str(source))
     except DataError as err:
-        raise DataError(f"cannot read audio from {source}: {err}. Pass {SUPPORTED}") from err
+        raise DataError(
+            f"the audio path {where} does not exist, and no hub dataset {str(source)!r} could be loaded either "
+            f"({_cause(err)}); check the path (or the folder you run from), or pass {SUPPORTED}"
+        ) from err
     return _column_clips(table, column or "audio", rate, str(source))
+
+
+def _names_a_path(source: str | Path) -> bool:
+    """Whether ``source`` can only be a local path: a Path, a suffix, absolute, ``~`` / ``.`` first, or no hub id."""
+    if isinstance(source, Path):
+        return True
+    text = str(source)
+    return (
+        Path(text).suffix != ""
+        or os.path.isabs(text)
+        or text.startswith(("~", "."))
+        or text.count("/") > 1
+        or not HUB_ID.fullmatch(text)
+    )
+
+
+def _dataset(path: Path) -> datasets.Dataset:
+    """A local dataset file or ``save_to_disk`` folder, its errors said for audio."""
+    try:
+        return load_raw(path)
+    except DataError as err:
+        raise DataError(
+            f"cannot read {path} as a dataset with an audio column ({_cause(err)}); pass {SUPPORTED}"
+        ) from err
+
+
+def _cause(err: DataError) -> str:
+    """The first line of what went wrong underneath ``err`` (its cause), else of ``err`` itself."""
+    text = str(err.__cause__ or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _column_clips(table: datasets.Dataset, column: str, rate: int, source: str) -> list[Clip]:

@@ -7,11 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from compress.errors import CompressError, Interrupted
-from compress.export import RECORD_FILE
-from compress.recipe import bundled_recipes, load_recipe
+from compress.recipe import bundled_recipes, load_recipe, parse_yaml
 from compress.structure import Structure
 
 
@@ -19,23 +16,31 @@ def _parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise CompressError(f"override {text!r} is not key=value (e.g. prune.target_sparsity=0.6)")
     key, _, value = text.partition("=")
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), parse_yaml(value, f"the value of override {text!r}")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # Training and export load torch, transformers and datasets: only the commands that need them import them.
+    from compress.export import RECORD_FILE
     from compress.pipeline import is_main_process, run
     from compress.report import fidelity_line
 
     recipe = load_recipe(args.recipe).override(dict(_parse_override(o) for o in args.overrides))
-    out = run(recipe, teacher=args.teacher, data=args.data, out=args.out, overwrite=args.overwrite, resume=args.resume)
+    out = run(
+        recipe, teacher=args.teacher, data=args.data, out=args.out, overwrite=args.overwrite, resume=args.resume,
+        keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+    )
     if not is_main_process():
         return 0
     record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
-    print(f"student written to {out} ({record['format']} config, model_type {record['model_type']})")
+    shown = args.out or out.name  # as the user named it (the run resolves it)
+    print(f"student written to {shown} ({record['format']} config, model_type {record['model_type']})")
     print(Structure.from_dict(record["structure"]).summary())
     fidelity = fidelity_line(record.get("metrics", {}))
     if fidelity:
         print(fidelity)
+    for warning in record.get("metrics", {}).get("warnings", []):
+        print(f"compress: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -69,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "dataset id (default: the recipe's data.text, the built-in python-docs corpus); for a speech "
                      "teacher: a folder of .wav/.flac files or a dataset with an audio column (default: data.audio)")
     run.add_argument("--out", help="output folder (default: ./<recipe name>-student)")
-    run.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier student in --out once the new one is complete (or an unfinished run beside it)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run for --out from its last checkpoint")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep OUT.checkpoints (beside --out) after a successful run; removed by default")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. prune.target_sparsity=0.6")
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="per-layer structure, parameters, MACs and CPU latency of a run, with plots")

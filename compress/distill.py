@@ -19,19 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
+from compress.recipe import section_defaults
+
 HIDDEN_TERMS = ("hidden_l1", "hidden_cos", "hidden_mse")
-CONFIG_DEFAULTS: dict[str, object] = {
-    "layers": [],
-    "hidden_l1": 0.0,
-    "hidden_cos": 0.0,
-    "hidden_mse": 0.0,
-    "logits_kl": 0.0,
-    "temperature": 1.0,
-    "attention_relation": 0.0,
-    "relation_heads": 12,
-    "task": 0.0,
-}
 WEIGHT_KEYS = (*HIDDEN_TERMS, "logits_kl", "attention_relation", "task")
+#: The recipe's distill defaults, except that a loss term this module is not given is off: a recipe
+#: always passes its whole section (with the recipe's default weights); a script names the terms it wants.
+CONFIG_DEFAULTS: dict[str, object] = {**section_defaults("distill"), **dict.fromkeys(WEIGHT_KEYS, 0.0)}
 
 
 def _is_number(value: object) -> bool:

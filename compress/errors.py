@@ -27,3 +27,15 @@ class DataError(CompressError, ValueError):
 
 class Interrupted(CompressError):
     """A run stopped by a signal after saving a checkpoint; resuming continues it."""
+
+
+class TeacherError(CompressError, ValueError):
+    """A teacher folder that cannot be loaded as it is (no weights, no usable tokenizer)."""
+
+
+class IntegrityError(CompressError, OSError):
+    """A student folder whose weight or code files differ from what its compression.json recorded."""
+
+
+class RunFolderError(CompressError, ValueError):
+    """A run folder whose compression.json or training_log.json is missing, damaged or not of this library."""

@@ -1,4 +1,4 @@
-"""Embedding fidelity: how well a student keeps the teacher's similarity structure on held-out text.
+"""Embedding fidelity: how well a student keeps the teacher's similarity structure on held-out text or audio.
 
 Students may have a smaller hidden size than their teacher, so raw vectors are never compared;
 instead both models rank all pairs of texts by cosine similarity, and the Spearman correlation
@@ -16,8 +16,11 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel
 
+from compress.audio import features
 from compress.errors import DataError
 
+#: fewest held-out texts or clips a fidelity figure is computed over
+MIN_FIDELITY_ITEMS = 3
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 LETTER = re.compile(r"[^\W\d_]")
 
@@ -104,12 +107,35 @@ def embedding_fidelity(
 
     Compares similarity structure rather than vectors, so it works across hidden sizes.
     """
-    if len(texts) < 3:
-        raise DataError(f"embedding fidelity needs at least 3 texts, got {len(texts)}; pass more held-out texts")
+    if len(texts) < MIN_FIDELITY_ITEMS:
+        raise DataError(f"embedding fidelity needs at least {MIN_FIDELITY_ITEMS} texts, got {len(texts)}; pass more held-out texts")
     similarities = [
         pairwise_cosine(mean_pooled_embeddings(model, tokenizer, texts, batch_size, max_length))
         for model in (teacher, student)
     ]
+    return spearman(*similarities)
+
+
+@torch.no_grad()
+def mean_pooled_audio_embeddings(model: PreTrainedModel, extractor: Any, waves: list) -> torch.Tensor:
+    """Mean over frames of the last hidden state of each clip (one clip per pass: no padding), (N, hidden)."""
+    was_training = model.training
+    model.eval()
+    try:
+        pooled = [
+            model.base_model(features(extractor, [wave]).to(model.device)).last_hidden_state.mean(1).float().cpu()
+            for wave in waves
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(pooled)
+
+
+def audio_fidelity(teacher: PreTrainedModel, student: PreTrainedModel, extractor: Any, waves: list) -> float:
+    """Spearman correlation of teacher and student pairwise cosine similarities over held-out clips."""
+    if len(waves) < MIN_FIDELITY_ITEMS:
+        raise DataError(f"audio fidelity needs at least {MIN_FIDELITY_ITEMS} clips, got {len(waves)}; hold out more audio")
+    similarities = [pairwise_cosine(mean_pooled_audio_embeddings(m, extractor, waves)) for m in (teacher, student)]
     return spearman(*similarities)
 
 

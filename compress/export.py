@@ -2,39 +2,72 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
-import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
-from compress.errors import OutputDirError
+from compress.errors import IntegrityError
+from compress.folding import CompressionRecord
+from compress.guards import check_finite_state
+from compress.outputs import StagedOutput, check_output_path
 from compress.students import STUDENT_FAMILIES, remote_code_for
 
 RECORD_FILE = "compression.json"
 TRAINING_LOG_FILE = "training_log.json"
-
-
-def check_output_dir(out: Path, overwrite: bool, protected: list[str | Path] = ()) -> None:
-    """Refuse a non-empty folder unless ``overwrite``; never replace a ``protected`` one (the teacher)."""
-    out = Path(out)
-    for path in protected:
-        if path and Path(path).exists() and out.resolve() == Path(path).resolve():
-            raise OutputDirError(f"output directory {out} is the teacher's folder; choose another --out directory")
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output path {out} exists and is a file; choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputDirError(
-            f"output directory {out} is not empty; choose a new directory, or pass overwrite=True "
-            "(CLI: --overwrite) to replace its contents"
-        )
+#: the files whose sha256 compression.json records: the weights and the modeling code
+CHECKED_SUFFIXES = (".safetensors", ".py")
 
 
 def _unique_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_student(
+    student: PreTrainedModel,
+    folder: Path,
+    processor: Any = None,
+    record: CompressionRecord | Mapping[str, Any] | None = None,
+) -> None:
+    """Write the student's files into ``folder`` (new or empty): weights, config, code, processor, record.
+
+    ``compression.json`` holds ``record``, the student's format and parameter count, and the sha256
+    of every weight and code file written, which ``load_student`` checks.
+    """
+    record = record.to_dict() if isinstance(record, CompressionRecord) else dict(record or {})
+    check_finite_state(student, fix="lower the learning rates (train.lr, finetune.lr) and run again")
+    remote = remote_code_for(type(student.config))
+    if remote is not None:
+        student.config.auto_map = remote[0]
+    student.save_pretrained(folder)
+    if remote is not None:
+        shutil.copy2(remote[1], folder / remote[1].name)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    checked = sorted(p for p in folder.iterdir() if p.suffix in CHECKED_SUFFIXES)
+    record.update(
+        {
+            "format": "heterogeneous" if remote is not None else "stock",
+            "model_type": student.config.model_type,
+            "architecture": type(student).__name__,
+            "student_parameters": _unique_parameters(student),
+            "files": {p.name: _sha256(p) for p in checked},
+        }
+    )
+    (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def save_student(
@@ -42,50 +75,50 @@ def save_student(
     out_dir: str | Path,
     processor: Any = None,
     overwrite: bool = False,
-    record: dict | None = None,
+    record: CompressionRecord | Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``student`` to ``out_dir`` so ``AutoModel.from_pretrained`` loads it.
 
     Stock-shaped students get the family's stock config. Heterogeneous ones get a config with an
     ``auto_map`` and the self-contained modeling file, so ``trust_remote_code=True`` loads them with
-    only torch and transformers. Weights are safetensors. The processor (tokenizer / feature
-    extractor) is saved beside them, and ``compression.json`` records teacher, recipe, structure and
-    parameter counts. The folder appears complete or not at all: it is written beside and renamed.
+    only torch and transformers. Weights are safetensors (never non-finite ones). The processor
+    (tokenizer / feature extractor) is saved beside them, and ``compression.json`` holds ``record``
+    (the fold's ``CompressionRecord``: teacher, recipe, structure). The folder appears complete or not
+    at all: it is built in a staging folder beside it and moved into place; ``overwrite`` replaces an
+    earlier student only, once the new one is complete.
     """
-    out = Path(out_dir)
-    record = {**getattr(student, "compression_record", {}), **(record or {})}
-    check_output_dir(out, overwrite, protected=[record.get("teacher", "")])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        remote = remote_code_for(type(student.config))
-        if remote is not None:
-            student.config.auto_map = remote[0]
-        student.save_pretrained(partial)
-        if remote is not None:
-            shutil.copy2(remote[1], partial / remote[1].name)
-        if processor is not None:
-            processor.save_pretrained(partial)
-        record.update(
-            {
-                "format": "heterogeneous" if remote is not None else "stock",
-                "model_type": student.config.model_type,
-                "architecture": type(student).__name__,
-                "student_parameters": _unique_parameters(student),
-            }
-        )
-        (partial / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
+    teacher = record.teacher if isinstance(record, CompressionRecord) else dict(record or {}).get("teacher", "")
+    out = check_output_path(out_dir, protected=[teacher], overwrite=overwrite)
+    with StagedOutput(out) as staged:
+        write_student(student, staged.path, processor, record)
+        staged.commit()
     return out
 
 
-def load_student(out_dir: str | Path, **kwargs: Any) -> PreTrainedModel:
-    """Load a saved student with the class it was saved as (same weights as ``AutoModel``)."""
+def verify_files(out_dir: str | Path) -> None:
+    """Refuse a student folder whose weight or code files differ from the sha256 its record lists."""
+    folder = Path(out_dir)
+    try:
+        listed = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return  # no record of this library (a folder saved otherwise): nothing to check against
+    for name, expected in listed.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != expected:
+            state = "is missing" if not path.is_file() else "changed since export"
+            raise IntegrityError(
+                f"{path} {state} (its sha256 no longer matches {RECORD_FILE}); re-export the student, "
+                "or load it with verify=False if you changed it on purpose"
+            )
+
+
+def load_student(out_dir: str | Path, verify: bool = True, **kwargs: Any) -> PreTrainedModel:
+    """Load a saved student with the class it was saved as (same weights as ``AutoModel``).
+
+    With ``verify`` the weight and code files are first checked against the sha256 in ``compression.json``.
+    """
+    if verify:
+        verify_files(out_dir)
     config = AutoConfig.from_pretrained(out_dir)
     architecture = (config.architectures or [None])[0]
     local = {cls.__name__: cls for _, models, _ in STUDENT_FAMILIES for cls in models.values()}

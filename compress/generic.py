@@ -9,7 +9,8 @@ from transformers import PreTrainedModel
 from compress.adapters.generic import GenericAdapter
 from compress.errors import RecipeError
 from compress.job import CompressionJob
-from compress.methods import METHODS, TorchPruningTopK, method_class
+from compress.methods import method_entry, method_names
+from compress.methods.scheduled.method import ScheduledTopK
 from compress.recipe import Recipe, load_recipe
 
 GENERIC_KINDS = ("ffn",)
@@ -27,10 +28,10 @@ def attach_generic(model: PreTrainedModel, recipe: Recipe | str | Path) -> Compr
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     prune = recipe.prune
-    if not issubclass(method_class(prune["method"]), TorchPruningTopK):
-        usable = [name for name, cls in METHODS.items() if issubclass(cls, TorchPruningTopK)]
+    if method_entry(prune["method"]).load() is not ScheduledTopK:
+        usable = [name for name in method_names() if method_entry(name).load() is ScheduledTopK]
         raise RecipeError(
-            f"method {prune['method']!r} needs a family adapter; the generic path runs the torch-pruning methods "
+            f"method {prune['method']!r} needs a family adapter; the generic path runs the scheduled top-k methods "
             f"{', '.join(usable)}: set prune.method to one of them"
         )
     if "ffn" not in prune["axes"]:

@@ -15,6 +15,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from compress.adapters import modality_of
+
 #: Sampling rate of the speech teachers (HuBERT / wav2vec2); MACs for speech are per second of it.
 AUDIO_RATE = 16_000
 
@@ -66,7 +68,7 @@ def audio_batch(batch: int, seconds: float, seed: int = 0) -> dict[str, torch.Te
 
 def example_batch(model: torch.nn.Module, batch: int, seq: int, seconds: float) -> dict[str, torch.Tensor]:
     """An input for ``model``: ``batch`` x ``seq`` tokens for text, ``batch`` x ``seconds`` of audio for speech."""
-    if getattr(model, "main_input_name", "input_ids") == "input_values":
+    if modality_of(model) == "speech":
         return audio_batch(batch, seconds)
     return token_batch(model.config.vocab_size, batch, seq)
 

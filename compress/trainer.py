@@ -1,9 +1,9 @@
 """Hugging Face Trainer pieces for pruning with distillation; usable from a user's own Trainer script.
 
 ``CompressionTrainer`` distils a student (a gated copy of the teacher, or the folded dense student)
-from the frozen teacher; with a ``CompressionJob`` it also runs the job's pruning method (its loss
-terms, and its mask updates around each optimiser step). Gate parameters (``log_alpha``) and the
-Lagrange multipliers get their own learning rates. ``StopOnSignal`` turns SIGINT / SIGTERM into a
+from the frozen teacher; with a pruning ``method`` (``job.method``) it also runs the method's loss
+terms and its mask updates around each optimiser step, and trains the method's parameter groups
+(gates, multipliers, compactors) with the method's own learning rates. ``StopOnSignal`` turns SIGINT / SIGTERM into a
 checkpoint and a clean stop.
 """
 
@@ -20,8 +20,9 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from compress.distill import DistillationLoss
-from compress.job import ATTACHED_PREFIX, CompressionJob
-from compress.methods import LAGRANGIAN_ATTR, PruningMethod
+from compress.gated import ATTACHED_PREFIX
+from compress.guards import FiniteGuard
+from compress.methods.base import PruningMethod
 
 DISTILL_ATTR = "compress_distill"
 
@@ -71,9 +72,10 @@ class MethodHooks(TrainerCallback):
 
 
 class CompressionTrainer(Trainer):
-    """Distil ``model`` from ``teacher``; with ``job`` (``model`` is ``job.model``), prune it as its method says.
+    """Distil ``model`` from ``teacher``; with ``method`` (``job.method``, ``model`` is ``job.model``), prune it too.
 
-    ``distillation`` is attached to the model as a submodule, as the job attached its method's modules
+    ``guard`` (a ``compress.guards.FiniteGuard``) stops training at the first non-finite loss or
+    gradient. ``distillation`` is attached to the model as a submodule, as the job attached its method's modules
     (multipliers, compactors), so checkpoints and resume carry them and their optimiser state like any
     weight. They are used outside the model's forward, so under DDP pass
     ``ddp_find_unused_parameters=False`` and ``trainable`` to freeze what the loss does not reach.
@@ -84,12 +86,10 @@ class CompressionTrainer(Trainer):
         *args: Any,
         teacher: nn.Module,
         distillation: DistillationLoss,
-        job: CompressionJob | None = None,
-        gate_lr: float | None = None,
-        lambda_lr: float | None = None,
-        compactor_lr: float | None = None,
+        method: PruningMethod | None = None,
         relation_layers: tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]] | None = None,
         trainable: Callable[[str], bool] | None = None,
+        guard: FiniteGuard | None = None,
         **kwargs: Any,
     ) -> None:
         model = kwargs.get("model") or args[0]
@@ -100,15 +100,16 @@ class CompressionTrainer(Trainer):
                 if not name.startswith(ATTACHED_PREFIX) and not trainable(name):
                     param.requires_grad_(False)
         model.add_module(DISTILL_ATTR, distillation)
+        if guard is not None:
+            # First in line: a non-finite step stops before a method's hooks or the optimiser use it.
+            kwargs["callbacks"] = [guard, *(kwargs.get("callbacks") or [])]
+        self.guard = guard
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval()
         self.distillation = distillation
-        self.method = job.method if job is not None else None
-        if self.method is not None:
-            self.add_callback(MethodHooks(self.method))
-        self.gate_lr = gate_lr or self.args.learning_rate
-        self.lambda_lr = lambda_lr or self.args.learning_rate
-        self.compactor_lr = compactor_lr or self.args.learning_rate
+        self.method = method
+        if method is not None:
+            self.add_callback(MethodHooks(method))
         self._logged: dict[str, list[float]] = defaultdict(list)
         self._captures = None
         if relation_layers is not None:
@@ -126,32 +127,28 @@ class CompressionTrainer(Trainer):
                 capture.detach()
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """AdamW (or ``args.optim``) with separate groups: weights, gates (``log_alpha``), multipliers, compactors."""
+        """AdamW (or ``args.optim``): the method's parameter groups, then the weights with and without decay."""
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[str, dict[str, Any]] = {
-            "decay": {"params": [], "weight_decay": self.args.weight_decay},
-            "no_decay": {"params": [], "weight_decay": 0.0},
-            "gates": {"params": [], "weight_decay": 0.0, "lr": self.gate_lr},
-            "lambdas": {"params": [], "weight_decay": 0.0, "lr": self.lambda_lr},
-            "compactors": {"params": [], "weight_decay": 0.0, "lr": self.compactor_lr},
-        }
+        groups = []
+        claimed: set[int] = set()
+        for group in self.method.param_groups() if self.method is not None else []:
+            params = [p for p in group.params if p.requires_grad]
+            claimed.update(id(p) for p in group.params)
+            groups.append({"params": params, "weight_decay": group.weight_decay, "lr": group.lr})
+        weights = {"decay": [], "no_decay": []}
         for name, param in opt_model.named_parameters():
-            if not param.requires_grad:
-                continue
-            if name.endswith("log_alpha"):
-                key = "gates"
-            elif name.startswith(LAGRANGIAN_ATTR):
-                key = "lambdas"
-            elif "compactor" in name:
-                key = "compactors"
-            else:
-                key = "decay" if name in decay else "no_decay"
-            groups[key]["params"].append(param)
+            if param.requires_grad and id(param) not in claimed:
+                weights["decay" if name in decay else "no_decay"].append(param)
+        groups = [
+            {"params": weights["decay"], "weight_decay": self.args.weight_decay},
+            {"params": weights["no_decay"], "weight_decay": 0.0},
+            *groups,
+        ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls([g for g in groups.values() if g["params"]], **optimizer_kwargs)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
 
     def compute_loss(
@@ -176,6 +173,8 @@ class CompressionTrainer(Trainer):
             if "penalty" in terms:
                 loss = loss + terms["penalty"]
             parts.update(distill_loss=parts.pop("loss"), **terms)
+        if self.guard is not None and model.training:
+            self.guard.check_loss(loss)
         if model.training:
             for key, value in parts.items():
                 if key != "loss":

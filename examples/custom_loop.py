@@ -76,8 +76,8 @@ def main() -> None:
             print(f"step {step}: loss {loss.item():.4f}, kept {sizes}, encoder sparsity {job.structure().encoder_sparsity:.3f}")
 
     job.model.eval()
-    student = job.fold()
-    compress.save_student(student, args.out / "student", processor=tokenizer, overwrite=True)
+    student, record = compress.fold(job)
+    compress.save_student(student, args.out / "student", processor=tokenizer, overwrite=True, record=record)
     print(job.structure().summary())
 
 

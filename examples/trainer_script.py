@@ -75,9 +75,9 @@ def main() -> None:
         train_dataset=train_blocks,
         teacher=teacher,
         distillation=DistillationLoss(recipe.distill, width, width),
-        job=job,  # its method (L0: Lagrangian size control; magnitude / Taylor: top-k on the schedule) runs inside
-        gate_lr=0.1,
-        lambda_lr=0.1,
+        # the method (L0: Lagrangian size control; magnitude / Taylor: top-k on the schedule) runs inside,
+        # its gates and multipliers with the learning rates of the recipe (train.gate_lr, train.lambda_lr)
+        method=job.method,
         trainable=job.adapter.is_backbone,  # the pooler gets no gradient from hidden-state distillation
     )
     trainer.train()
@@ -87,8 +87,8 @@ def main() -> None:
         gates = {name: job.gates[name].log_alpha.detach().contiguous() for name in job.gates.names()}
         save_file(gates, args.out / f"gates-rank{rank}.safetensors")
     if trainer.is_world_process_zero():
-        student = job.fold()
-        compress.save_student(student, args.out / "student", processor=tokenizer, overwrite=True)
+        student, record = compress.fold(job)
+        compress.save_student(student, args.out / "student", processor=tokenizer, overwrite=True, record=record)
         print(job.structure().summary())
 
 

@@ -1,15 +1,6 @@
-"""Pure-torch pruning pieces: gates, importance scores and size accounting."""
+"""Pure-torch pruning pieces, one module each: ``gates``, ``importance`` (ours) and ``tp_importance`` /
+``tp_groups`` (torch-pruning's criteria and dependency groups), ``size`` accounting, ``allocation`` of
+uniform sizes, ``schedules`` and the ``lagrangian`` controller.
 
-from pruners.gates import FixedGate, Gate, GateSet, HardConcreteGate
-from pruners.importance import magnitude_importance
-from pruners.size import count_parameters, tensor_axis_map
-
-__all__ = [
-    "FixedGate",
-    "Gate",
-    "GateSet",
-    "HardConcreteGate",
-    "count_parameters",
-    "magnitude_importance",
-    "tensor_axis_map",
-]
+Nothing is imported here, so ``pruners.schedules`` (pure Python) checks a recipe without loading torch.
+"""

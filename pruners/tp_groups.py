@@ -6,8 +6,9 @@ units of our axes with torch-pruning's criteria (``pruners.tp_importance``), and
 dimensions of models that have no family adapter (``compress.adapters.generic``).
 
 Tracing needs a model without our gate hooks and masked LayerNorms, whose extra operations would
-hide the modules from the tracer: ``shared_twin`` gives one that shares every parameter and buffer
-(values and gradients) with the gated model, so scores always read the live weights.
+hide the modules from the tracer: ``shared_twin`` copies a gated model whose hooks are suspended
+(``reparam.HookSet.suspended``) into one that shares every parameter and buffer (values and
+gradients) with it, with plain LayerNorms, so scores always read the live weights.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from reparam import gating
-from reparam.masked_norm import MaskedLayerNorm
+from reparam.gating import remove_masked_norms
 
 Side = Literal["in", "out"]
 #: module types whose channels torch-pruning groups and we can slice
@@ -46,27 +46,14 @@ class CoupledGroup:
     size: int
 
 
-def _drop_gate_hooks(module: nn.Module) -> None:
-    for hooks in (module._forward_hooks, module._forward_pre_hooks):
-        for key in [k for k, hook in hooks.items() if type(hook).__module__ == gating.__name__]:
-            del hooks[key]
-
-
-def _plain_norm(norm: MaskedLayerNorm) -> nn.LayerNorm:
-    plain = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
-    plain.weight, plain.bias = norm.weight, norm.bias
-    return plain
-
-
 def shared_twin(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` sharing its parameters and buffers, without gate hooks or masked LayerNorms."""
+    """A copy of ``model`` sharing its parameters and buffers, with plain LayerNorms in place of masked ones.
+
+    Copy it while its gate hooks are suspended: the twin must carry none of them.
+    """
     memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
     twin = copy.deepcopy(model, memo)
-    for name, module in list(twin.named_modules()):
-        _drop_gate_hooks(module)
-        if isinstance(module, MaskedLayerNorm):
-            parent, _, child = name.rpartition(".")
-            setattr(twin.get_submodule(parent) if parent else twin, child, _plain_norm(module))
+    remove_masked_norms(twin)
     return twin
 
 

@@ -1,1 +1,1 @@
-"""Bundled YAML recipes; load them with ``compress.load_recipe(name)``."""
+"""Bundled YAML recipes, installed as ``compress.recipes``; load them with ``compress.load_recipe(name)``."""

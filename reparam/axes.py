@@ -67,6 +67,9 @@ class Axis:
     model scales by ``1 / sqrt(units)``, as attention scales ``q . k`` by ``1 / sqrt(head width)``.
     A student keeping ``k`` units scales by ``1 / sqrt(k)``, so the fold multiplies these tensors
     by ``sqrt(k / size)`` to keep the product unchanged.
+
+    ``layer`` is the index of the encoder layer a per-layer axis belongs to (None for global
+    axes such as ``hidden``); per-layer axes are named ``layers.{layer}.{kind}`` (``layer_axis_name``).
     """
 
     name: str
@@ -81,6 +84,12 @@ class Axis:
     parent: str | None = None
     copies: int = 1
     dot_scaled: list[str] = field(default_factory=list)
+    layer: int | None = None
+
+    @classmethod
+    def in_layer(cls, layer: int, kind: str, size: int, **fields) -> Axis:
+        """The ``kind`` axis of encoder layer ``layer``."""
+        return cls(layer_axis_name(layer, kind), kind, size, layer=layer, **fields)
 
     @property
     def stride(self) -> int:
@@ -96,3 +105,8 @@ class Axis:
         """Every tensor dimension the fold slices to the kept units of this axis."""
         norm_dims = [TensorDim(f"{m}.{p}", 0) for m in self.normalisers for p in ("weight", "bias")]
         return [*self.writers, *self.readers, *norm_dims]
+
+
+def layer_axis_name(layer: int, kind: str) -> str:
+    """The name of the ``kind`` axis of encoder layer ``layer`` (``layers.3.ffn``)."""
+    return f"layers.{layer}.{kind}"

@@ -16,11 +16,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from reparam.axes import Axis, TensorDim
 from reparam.fold import unit_rows
 from reparam.gating import expand_units
+from reparam.hooks import HookSet
 
 Side = Literal["writer", "reader"]
 SIDES: tuple[Side, ...] = ("writer", "reader")
@@ -136,22 +136,20 @@ class CompactorSet(nn.Module):
     def for_axis(self, axis: str) -> list[tuple[CompactorSite, Compactor]]:
         return [(site, self.compactors[key]) for key, site in self.sites.items() if site.axis == axis]
 
-    def install(self, model: nn.Module) -> list[RemovableHandle]:
-        """Hook every compactor into ``model``'s forward.
+    def install(self, model: nn.Module, hooks: HookSet) -> None:
+        """Hook every compactor into ``model``'s forward, recording the hooks in ``hooks``.
 
         Writer compactors run before any other output hook (a gate on the same output must see
         the mixed rows); reader compactors run after other input hooks (they read gated inputs).
         """
-        handles = []
         for key, site in self.sites.items():
             compactor = self.compactors[key]
             for name in site.modules:
                 module = model.get_submodule(name)
                 if site.side == "writer":
-                    handles.append(module.register_forward_hook(_MixOutput(compactor), prepend=True))
+                    hooks.add(module, _MixOutput(compactor), prepend=True)
                 else:
-                    handles.append(module.register_forward_pre_hook(_MixInput(compactor)))
-        return handles
+                    hooks.add(module, _MixInput(compactor), pre=True)
 
 
 def _mix(tensor: torch.Tensor, dim: int, matrix: torch.Tensor) -> torch.Tensor:

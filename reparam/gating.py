@@ -6,9 +6,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
-
 from reparam.axes import Axis, GateSite
+from reparam.hooks import HookSet
 from reparam.masked_norm import MaskedLayerNorm
 
 
@@ -79,14 +78,14 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def install_gates(model: nn.Module, axes: list[Axis], gates: LiveGates) -> list[RemovableHandle]:
+def install_gates(model: nn.Module, axes: list[Axis], gates: LiveGates, hooks: HookSet) -> None:
     """Make ``model`` compute its gated forward for every axis that ``gates.values`` covers.
 
     Normalisers on a gated axis become :class:`MaskedLayerNorm` (same parameters), and each gate
-    site gets a hook. Returns the hook handles.
+    site gets a hook, recorded in ``hooks`` (so the caller can take them off again).
     """
     gates.refresh()
-    handles = [model.register_forward_pre_hook(_Refresh(gates))]
+    hooks.add(model, _Refresh(gates), pre=True)
     for axis in axes:
         if axis.name not in gates.values:
             continue
@@ -98,7 +97,13 @@ def install_gates(model: nn.Module, axes: list[Axis], gates: LiveGates) -> list[
         for site in axis.sites:
             module = model.get_submodule(site.module)
             if site.on == "output":
-                handles.append(module.register_forward_hook(_OutputHook(gates, axis, site)))
+                hooks.add(module, _OutputHook(gates, axis, site))
             else:
-                handles.append(module.register_forward_pre_hook(_InputHook(gates, axis, site)))
-    return handles
+                hooks.add(module, _InputHook(gates, axis, site), pre=True)
+
+
+def remove_masked_norms(model: nn.Module) -> None:
+    """Put plain LayerNorms (sharing the same parameters) back where ``install_gates`` put masked ones."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MaskedLayerNorm):
+            _replace_module(model, name, module.plain())

@@ -47,5 +47,11 @@ class MaskedLayerNorm(nn.LayerNorm):
         y = centred * torch.rsqrt(var + self.eps).unsqueeze(-1) * scale
         return y if self.bias is None else y + self.bias * keep
 
+    def plain(self) -> nn.LayerNorm:
+        """A stock LayerNorm over all units, sharing this norm's parameters."""
+        norm = nn.LayerNorm(self.normalized_shape, eps=self.eps, elementwise_affine=False)
+        norm.weight, norm.bias = self.weight, self.bias
+        return norm
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, axis={self.axis!r}"

@@ -15,7 +15,7 @@ from transformers import BertConfig, BertModel
 
 import compress
 from compress.teachers import load_teacher, small_random_bert
-from pruners import HardConcreteGate
+from pruners.gates import HardConcreteGate
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +126,16 @@ LOADER = textwrap.dedent(
     print(type(model).__name__)
     """
 )
+
+
+#: recipe overrides of a run that trains nothing (one-shot structure), on the tiny teachers
+ONE_SHOT = {
+    "train.max_steps": 0,
+    "finetune.max_steps": 0,
+    "train.batch_size": 4,
+    "train.seq_len": 32,
+    "distill.layers": [[0, 0], [1, 1], [2, 2]],
+}
 
 
 def offline_env() -> dict[str, str]:

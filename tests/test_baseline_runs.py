@@ -55,8 +55,8 @@ def test_layer_drop_fold_is_the_truncated_teacher(teacher_dir):
     recipe = compress.load_recipe("bert-layer-drop").override({"prune.target": {"attention": 2, "mlp": 2}})
     job = compress.attach(teacher, recipe)
     job.method.one_shot()
-    student = job.fold()
-    assert job.method.kept_layers == [0, 2]
+    student, record = compress.fold(job)
+    assert job.method.kept_layers == [0, 2] and record.kept_layers == [0, 2]
     assert type(student) is transformers.BertModel and student.config.num_hidden_layers == 2
     truncated = copy.deepcopy(teacher)
     truncated.encoder.layer = torch.nn.ModuleList([teacher.encoder.layer[i] for i in (0, 2)])
@@ -64,7 +64,7 @@ def test_layer_drop_fold_is_the_truncated_teacher(teacher_dir):
     with torch.no_grad():
         assert torch.equal(student(**batch).last_hidden_state, truncated(**batch).last_hidden_state)
     per_layer = sum(p.numel() for p in teacher.encoder.layer[0].parameters())
-    assert student.compression_record["structure"]["encoder_parameters"] == 2 * per_layer
+    assert record.structure.encoder_parameters == 2 * per_layer
     assert job.method.student_layer_for() == {0: 0, 1: 1, 2: 1, 3: 2, 4: 2}
 
 

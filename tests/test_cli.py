@@ -43,7 +43,7 @@ def test_run_default_teacher_writes_a_loadable_half_size_student(tmp_path, minil
     assert transformers.AutoTokenizer.from_pretrained(out)(sentences)["input_ids"] == tokenizer(sentences)["input_ids"]
 
     again = _compress("run", "bert-l0", "--out", "student", *ONE_SHOT, cwd=tmp_path)
-    assert again.returncode == 2 and "is not empty" in again.stderr and "--overwrite" in again.stderr
+    assert again.returncode == 2 and "holds an earlier student" in again.stderr and "--overwrite" in again.stderr
     overridden = _compress("run", "bert-l0", "--out", "student", "--overwrite", "prune.target_sparsity=0.75", *ONE_SHOT, cwd=tmp_path)
     assert overridden.returncode == 0, overridden.stderr[-2000:]
     record = json.loads((out / "compression.json").read_text())

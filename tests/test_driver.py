@@ -58,6 +58,12 @@ def test_explicit_size_target(tiny_teacher_dir, tmp_path):
     out = compress.run("bert-l0", teacher=tiny_teacher_dir, out=tmp_path / "run", overrides={**SHORT, **target}, progress=False)
     record = json.loads((out / "compression.json").read_text())
     assert abs(record["structure"]["encoder_sparsity"] - record["metrics"]["target_sparsity"]) <= 0.01
+    # L0 meets explicit sizes as per-kind budgets, exactly (it used to turn them into one fraction: hidden 36).
+    structure = compress.Structure.from_dict(record["structure"])
+    layers = len(structure.per_layer("ffn"))
+    assert structure.sizes["hidden"] == 32
+    assert sum(structure.per_layer("heads")) == 2 * layers and sum(structure.per_layer("ffn")) == 48 * layers
+    assert structure.per_layer("attention") == [1] * layers and structure.per_layer("mlp") == [1] * layers
 
 
 def test_attention_relation_and_mse_terms_train(tiny_teacher_dir, tmp_path):
@@ -100,12 +106,12 @@ def test_interrupted_run_resumes_to_the_same_student(tiny_teacher_dir, tmp_path,
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     proc = _start([*args, "--out", "resumed"], tmp_path)
-    code, stderr = _interrupt_after_checkpoint(proc, tmp_path / "resumed/checkpoints/prune/checkpoint-8", signum)
+    code, stderr = _interrupt_after_checkpoint(proc, tmp_path / "resumed.checkpoints/prune/checkpoint-8", signum)
     if signum == signal.SIGINT:
         assert code == 130 and "--resume" in stderr, stderr[-2000:]
     else:
         assert code == -signal.SIGKILL
-    state = json.loads(max((tmp_path / "resumed/checkpoints/prune").glob("checkpoint-*/trainer_state.json")).read_text())
+    state = json.loads(max((tmp_path / "resumed.checkpoints/prune").glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["global_step"] < SHORT["train.max_steps"]
 
     refused = subprocess.run([SCRIPT, *args, "--out", "resumed"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)

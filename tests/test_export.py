@@ -16,8 +16,8 @@ def test_uniform_minilm_student_is_stock_bert_and_loads_without_compress(minilm,
     teacher, tokenizer = minilm
     job = compress.attach(teacher, "bert-l0")
     job.prune_to({"hidden": 256, "heads": 8, "ffn": 1024})
-    student = job.fold()
-    out = compress.save_student(student, tmp_path / "student", processor=tokenizer)
+    student, record = compress.fold(job)
+    out = compress.save_student(student, tmp_path / "student", processor=tokenizer, record=record)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "bert"
     assert (config["hidden_size"], config["num_attention_heads"], config["intermediate_size"]) == (256, 8, 1024)
@@ -95,9 +95,14 @@ def test_save_refuses_non_empty_folder_and_overwrites_only_when_asked(tmp_path):
     out = tmp_path / "student"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(compress.OutputDirError, match="not empty.*overwrite=True"):
-        compress.save_student(student, out)
+    for overwrite in (False, True):  # a folder that is not a student is never replaced
+        with pytest.raises(compress.OutputDirError, match="not empty and holds no student"):
+            compress.save_student(student, out, overwrite=overwrite)
     assert (out / "notes.txt").read_text() == "keep me"
-    compress.save_student(student, out, overwrite=True)
-    assert (out / "model.safetensors").is_file() and not (out / "notes.txt").exists()
+    earlier = compress.save_student(student, tmp_path / "earlier")
+    with pytest.raises(compress.OutputDirError, match="holds an earlier student; pass --overwrite"):
+        compress.save_student(student, earlier)
+    (earlier / "notes.txt").write_text("part of the earlier student")
+    compress.save_student(student, earlier, overwrite=True)
+    assert (earlier / "model.safetensors").is_file() and not (earlier / "notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no partial folder is left behind"

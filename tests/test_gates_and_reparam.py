@@ -9,9 +9,10 @@ import sys
 import torch
 from torch import nn
 
-from pruners import FixedGate, GateSet, HardConcreteGate, count_parameters
+from pruners.gates import FixedGate, GateSet, HardConcreteGate
+from pruners.size import count_parameters
 from pruners.allocation import uniform_sizes
-from reparam import Axis, GateSite, MaskedLayerNorm, TensorDim, fold_state_dict, install_gates
+from reparam import Axis, GateSite, HookSet, MaskedLayerNorm, TensorDim, fold_state_dict, install_gates
 
 
 def test_hard_concrete_sample_is_in_unit_interval_and_reaches_both_ends():
@@ -102,7 +103,7 @@ def test_generic_fold_on_a_plain_torch_model():
     gates["units"].log_alpha.data = torch.tensor([3.0, -9.0, 1.0, 2.0])
     gates["out"].log_alpha.data = torch.tensor([2.0, 2.0, -9.0, 0.5, 4.0])
     model.add_module("gates", gates)
-    install_gates(model, [units, outputs], gates)
+    install_gates(model, [units, outputs], gates, HookSet())
     gates.eval()
     x = torch.randn(7, 6)
     with torch.no_grad():

@@ -11,7 +11,9 @@ import transformers
 import compress
 import reparam.fold
 from conftest import load_elsewhere, randomise_gates, switch_off_some, tiny_bert_config, token_batch
-from pruners import FixedGate, count_parameters, magnitude_importance
+from pruners.gates import FixedGate
+from pruners.importance import magnitude_importance
+from pruners.size import count_parameters
 from reparam import Axis, TensorDim
 from reparam.fold import unit_rows
 from test_fold_exact import _check_counts

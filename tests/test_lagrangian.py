@@ -33,7 +33,7 @@ def test_expected_sparsity_matches_the_folded_structure_when_gates_are_hard():
     for name in job.gates.names():
         gate = job.gates[name]
         gate.log_alpha.data = torch.where(torch.rand(gate.size, generator=generator) < 0.3, -40.0, 40.0)
-    expected = job.expected_sparsity()
+    expected = job.method.expected_sparsity()
     assert expected.requires_grad
     assert abs(expected.item() - job.structure().encoder_sparsity) < 1e-6
 
@@ -45,11 +45,11 @@ def test_lagrangian_alone_drives_the_expected_size_to_the_target():
     gates = [p for n, p in job.model.named_parameters() if n.endswith("log_alpha")]
     optimizer = torch.optim.AdamW([{"params": gates, "lr": 0.1}, {"params": controller.parameters(), "lr": 0.1}], weight_decay=0.0)
     for step in range(300):
-        penalty = controller(job.expected_sparsity(), step)
+        penalty = controller(job.method.expected_sparsity(), step)
         optimizer.zero_grad()
         penalty.backward()
         optimizer.step()
-    assert abs(job.expected_sparsity().item() - 0.5) < 0.02
+    assert abs(job.method.expected_sparsity().item() - 0.5) < 0.02
     assert controller.lambda_2.item() > 0, "the quadratic multiplier rose by gradient ascent"
 
 
@@ -61,7 +61,7 @@ def test_snap_meets_the_target_within_a_percent_and_keeps_the_strongest_units():
         gate.log_alpha.data = torch.randn(gate.size) * 2 + 3
     before = job.structure().encoder_sparsity
     assert before < 0.2
-    shift = job.snap_to(0.6)
+    shift = job.method.snap_to(0.6)
     after = job.structure().encoder_sparsity
     assert shift > 0 and abs(after - 0.6) <= 0.01
     hidden = job.gates["hidden"]

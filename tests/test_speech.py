@@ -166,7 +166,7 @@ def test_hubert_base_size_accounting_matches_dphubert():
     assert structure.teacher_parameters == structure.teacher_encoder_parameters == 94_371_712
     assert job.target_sparsity() == 0.75
     # The learned (L0) path: the gates' kept counts snapped to the target.
-    job.snap_to(0.75)
+    job.method.snap_to(0.75)
     snapped = job.structure().parameters
     assert abs(snapped - 23_585_946) / 23_585_946 <= 0.01
     # The one-shot path: uniform sizes by weight magnitude.

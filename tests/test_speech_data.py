@@ -256,7 +256,7 @@ def test_killed_speech_run_resumes_to_the_same_student(teacher_and_audio, tmp_pa
     reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-2000:]
     proc = _start([*args, "--out", "resumed"], tmp_path)
-    code, _ = _interrupt_after_checkpoint(proc, tmp_path / "resumed/checkpoints/prune/checkpoint-9", signal.SIGKILL)
+    code, _ = _interrupt_after_checkpoint(proc, tmp_path / "resumed.checkpoints/prune/checkpoint-9", signal.SIGKILL)
     assert code == -signal.SIGKILL
     resumed = subprocess.run([SCRIPT, *args, "--out", "resumed", "--resume"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -267,5 +267,7 @@ def test_killed_speech_run_resumes_to_the_same_student(teacher_and_audio, tmp_pa
 
 def test_speech_run_without_audio_says_what_to_pass(teacher_and_audio, tmp_path):
     teacher_dir, _ = teacher_and_audio
+    depth = transformers.AutoConfig.from_pretrained(teacher_dir).num_hidden_layers
+    layers = {"distill.layers": [[0, 0], [depth, depth]]}
     with pytest.raises(DataError, match="speech teacher needs audio.*--data AUDIO"):
-        compress.run("hubert-dphubert", teacher=teacher_dir, out=tmp_path / "run", progress=False)
+        compress.run("hubert-dphubert", teacher=teacher_dir, out=tmp_path / "run", overrides=layers, progress=False)

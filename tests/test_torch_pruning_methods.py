@@ -1,4 +1,4 @@
-"""torch-pruning importance (magnitude, Taylor, random) on our axes, one-shot and iterative, through our gates and fold."""
+"""Scheduled top-k with its criteria (our magnitude; torch-pruning's Taylor and random; a user's), one-shot and iterative, through our gates and fold."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import transformers
 
 import compress
 from conftest import tiny_bert_config, token_batch
-from compress.methods.scheduled import TAYLOR_ATTR
+from compress.methods.criteria import TAYLOR_ATTR
 
 TOL = 1e-4
 
@@ -44,24 +44,52 @@ def _calibrate(job: compress.CompressionJob, batch: dict, steps: int = 2) -> Non
         job.method.before_optimizer_step(step)
 
 
-def test_magnitude_scores_are_torch_pruning_group_norms(teacher):
+def test_magnitude_scores_every_weight_and_bias_a_unit_touches(teacher):
     job = compress.attach(teacher, _recipe("magnitude"))
-    scores = job.method.scores()
+    scores = job.method.importance()
     layer = teacher.encoder.layer[1]
-    rows = sum(m.weight.pow(2).sum(dim=1) for m in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value))
+    projections = (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value)
+    rows = sum(m.weight.pow(2).sum(dim=1) + m.bias.pow(2) for m in projections)
     rows = rows + layer.attention.output.dense.weight.pow(2).sum(dim=0)
     torch.testing.assert_close(scores["layers.1.heads"], rows.reshape(6, 8).sum(dim=1))
-    ffn = layer.intermediate.dense.weight.pow(2).sum(dim=1) + layer.output.dense.weight.pow(2).sum(dim=0)
+    ffn = layer.intermediate.dense.weight.pow(2).sum(dim=1) + layer.intermediate.dense.bias.pow(2)
+    ffn = ffn + layer.output.dense.weight.pow(2).sum(dim=0)
     torch.testing.assert_close(scores["layers.1.ffn"], ffn)
-    # The residual stream is one group of every Linear reading or writing it (torch-pruning 1.6 scores
-    # no Embedding, and its LayerNorm members add nothing to the magnitude).
-    hidden = sum(
-        w.pow(2).sum(dim=1 if w is l.attention.output.dense.weight or w is l.output.dense.weight else 0)
-        for l in teacher.encoder.layer
-        for w in (l.attention.self.query.weight, l.attention.self.key.weight, l.attention.self.value.weight,
-                  l.intermediate.dense.weight, l.attention.output.dense.weight, l.output.dense.weight)
-    ) + teacher.pooler.dense.weight.pow(2).sum(dim=0) + teacher.pooler.dense.weight.pow(2).sum(dim=1)
-    torch.testing.assert_close(scores["hidden"], hidden)
+    # The residual stream counts the embeddings too (every writer of the axis).
+    assert scores["hidden"].min() > teacher.embeddings.word_embeddings.weight.pow(2).sum(dim=0).min()
+
+
+def test_one_magnitude_criterion_for_prune_to_the_method_and_wid(teacher):
+    """job.prune_to, the magnitude method and WID (identity compactors at attach) rank units alike."""
+    chosen = []
+    for recipe in (_recipe("magnitude"), compress.load_recipe("bert-wid").override({"prune.axes": ["hidden", "heads", "ffn"]})):
+        one_shot = compress.attach(teacher, recipe)
+        one_shot.method.one_shot()
+        by_prune_to = compress.attach(teacher, recipe)
+        by_prune_to.prune_to()
+        assert one_shot.structure().sizes == by_prune_to.structure().sizes
+        assert all(torch.equal(one_shot.kept()[n], by_prune_to.kept()[n]) for n in one_shot.kept())
+        chosen.append(one_shot.kept()["layers.1.ffn"])
+    assert torch.equal(*chosen)
+
+
+def reversed_magnitude(gated):
+    """A user's criterion (named as module:function in prune.importance): the weakest units first."""
+    from compress.methods.criteria import magnitude
+
+    return {name: -score for name, score in magnitude(gated).items()}
+
+
+def test_a_users_criterion_replaces_the_methods(teacher):
+    strongest = compress.attach(teacher, _recipe("magnitude"))
+    strongest.method.one_shot()
+    weakest = compress.attach(teacher, _recipe("magnitude", **{"prune.importance": f"{__name__}:reversed_magnitude"}))
+    weakest.method.one_shot()
+    kept_strong, kept_weak = strongest.kept()["layers.0.ffn"], weakest.kept()["layers.0.ffn"]
+    dropped_by_strongest = set(range(teacher.config.intermediate_size)) - set(kept_strong.tolist())
+    assert kept_strong.numel() == kept_weak.numel() and dropped_by_strongest <= set(kept_weak.tolist())
+    with pytest.raises(compress.RecipeError, match="prune.importance"):
+        compress.attach(teacher, _recipe("magnitude", **{"prune.importance": "magnitudes"}))
 
 
 @pytest.mark.parametrize("method", ["magnitude", "taylor", "random"])
@@ -99,7 +127,7 @@ def test_taylor_needs_gradients_and_averages_them(teacher):
     taylor = (layer.intermediate.dense.weight * layer.intermediate.dense.weight.grad).abs().sum(dim=1)
     taylor = taylor + (layer.output.dense.weight * layer.output.dense.weight.grad).abs().sum(dim=0)
     torch.testing.assert_close(first, taylor)
-    current = job.method.scores()["layers.0.ffn"]
+    current = job.method.criterion.step_scores(job.gated)["layers.0.ffn"]
     job.method.before_optimizer_step(1)
     torch.testing.assert_close(job.method.importance()["layers.0.ffn"], 0.9 * first + 0.1 * current)
     assert f"{TAYLOR_ATTR}.updates" in job.model.state_dict(), "checkpoints carry the running scores"

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import compress
-from compress.methods import COMPACTORS_ATTR
+from compress.methods.wid.method import COMPACTORS_ATTR
 from conftest import load_elsewhere, save_tiny_teacher, tiny_bert_config, token_batch
 from reparam.compactors import compose_compactors
 

@@ -8,6 +8,7 @@ from compress.adapters.base import FamilyAdapter
 from compress.adapters.bert import BertAdapter
 from compress.adapters.speech import HubertAdapter, Wav2Vec2Adapter
 from compress.errors import UnsupportedModelError
+from compress.families import FAMILIES
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (BertAdapter, HubertAdapter, Wav2Vec2Adapter)
 
@@ -32,4 +33,12 @@ def adapter_for(model: nn.Module) -> type[FamilyAdapter]:
     )
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "adapter_for", "supported_models"]
+def modality_of(model: nn.Module) -> str:
+    """``text`` or ``speech``: the modality of the model's family, or for a model without an adapter its main input."""
+    for adapter in ADAPTERS:
+        if adapter.supports(model):
+            return FAMILIES[adapter.family].modality
+    return "speech" if getattr(model, "main_input_name", None) == "input_values" else "text"
+
+
+__all__ = ["ADAPTERS", "FamilyAdapter", "adapter_for", "modality_of", "supported_models"]

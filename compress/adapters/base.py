@@ -5,11 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from compress.errors import UnsupportedModelError
+from compress.families import FAMILIES, Modality
 from reparam import Axis
+
+_EXAMPLE_TOKENS = 8
 
 
 class FamilyAdapter(ABC):
@@ -25,6 +29,20 @@ class FamilyAdapter(ABC):
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
         return type(model).__name__ in cls.student_classes and isinstance(model, PreTrainedModel)
+
+    @property
+    def modality(self) -> Modality:
+        """What the family reads (``text`` or ``speech``), from the families table."""
+        return FAMILIES[self.family].modality
+
+    @property
+    def axis_kinds(self) -> tuple[str, ...]:
+        """The axis kinds this adapter can gate."""
+        return FAMILIES[self.family].axis_kinds
+
+    def example_inputs(self) -> dict[str, torch.Tensor]:
+        """A one-example batch of the model's main input (token ids, pixels or audio), to trace its forward pass."""
+        return example_inputs(self.model)
 
     @abstractmethod
     def axes(self, head_width: bool = False) -> list[Axis]:
@@ -72,3 +90,22 @@ class FamilyAdapter(ABC):
     def student_init_kwargs(self) -> dict:
         """Extra constructor arguments the student class needs to match the teacher's modules."""
         return {}
+
+
+def example_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A one-example batch of ``model``'s main input (token ids, pixels or audio)."""
+    config, name = model.config, model.main_input_name
+    device = next(model.parameters()).device
+    if name == "input_ids":
+        batch = torch.arange(1, _EXAMPLE_TOKENS + 1).remainder(config.vocab_size).unsqueeze(0)
+    elif name == "pixel_values":
+        size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
+        batch = torch.zeros(1, config.num_channels, *size)
+    elif name == "input_values":
+        batch = torch.zeros(1, 4000)
+    else:
+        raise UnsupportedModelError(
+            f"cannot build an example input for {type(model).__name__} (main input {name!r}); "
+            "models that take input_ids, pixel_values or input_values are supported"
+        )
+    return {name: batch.to(device)}

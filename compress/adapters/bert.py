@@ -35,6 +35,9 @@ class BertAdapter(EncoderAdapter):
     def _layer(self, i: int) -> str:
         return f"{self.prefix}encoder.layer.{i}"
 
+    def layer_prefix(self, i: int) -> str:
+        return f"{self._layer(i)}."
+
     def layer_modules(self, i: int) -> LayerModules:
         layer = self._layer(i)
         return LayerModules(

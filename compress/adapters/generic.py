@@ -18,35 +18,15 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from compress.adapters.base import FamilyAdapter
+from compress.adapters.base import FamilyAdapter, example_inputs
 from compress.adapters.layers import linear_dims
 from compress.errors import TargetError, UnsupportedModelError
 from pruners.tp_groups import CoupledGroup, linear_groups
-from reparam import Axis, GateSite
+from reparam import Axis, GateSite, layer_axis_name
 
 #: config keys that hold the FFN width, by family (BERT / ViT, DistilBERT, BART-style, T5)
 FFN_CONFIG_KEYS = ("intermediate_size", "hidden_dim", "ffn_dim", "encoder_ffn_dim", "d_ff")
 _LAYER = re.compile(r"^(.*?\.)(\d+)\.")
-_TOKENS = 8
-
-
-def example_inputs(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """A one-example batch of the model's main input (token ids, pixels or audio), to trace its forward pass."""
-    config, name = model.config, model.main_input_name
-    device = next(model.parameters()).device
-    if name == "input_ids":
-        batch = torch.arange(1, _TOKENS + 1).remainder(config.vocab_size).unsqueeze(0)
-    elif name == "pixel_values":
-        size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
-        batch = torch.zeros(1, config.num_channels, *size)
-    elif name == "input_values":
-        batch = torch.zeros(1, 4000)
-    else:
-        raise UnsupportedModelError(
-            f"cannot build an example input for {type(model).__name__} (main input {name!r}); "
-            "models that take input_ids, pixel_values or input_values are supported"
-        )
-    return {name: batch.to(device)}
 
 
 def _ffn_key(config: PretrainedConfig) -> str:
@@ -78,6 +58,12 @@ class GenericAdapter(FamilyAdapter):
 
     family = "generic"
     student_classes: Mapping[str, str] = {}
+    axis_kinds = ("ffn",)
+
+    @property
+    def modality(self) -> str:
+        """Speech for a model that reads raw audio, else text (the generic path has no families table entry)."""
+        return "speech" if self.model.main_input_name == "input_values" else "text"
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__(model)
@@ -100,7 +86,7 @@ class GenericAdapter(FamilyAdapter):
         self.refuse_head_width(head_width)
         axes = []
         for index, _, first, second in self.layers:
-            axis = Axis(f"layers.{index}.ffn", "ffn", self.width, sites=[GateSite(second, on="input")])
+            axis = Axis.in_layer(index, "ffn", self.width, sites=[GateSite(second, on="input")])
             axis.writers = [d for d in linear_dims(first, 0) if d.tensor in self.params]
             axis.readers = linear_dims(second, 1)
             axes.append(axis)
@@ -123,7 +109,7 @@ class GenericAdapter(FamilyAdapter):
         return {"ffn": self.width}
 
     def _widths(self, sizes: Mapping[str, int]) -> set[int]:
-        return {sizes[f"layers.{index}.ffn"] for index, *_ in self.layers}
+        return {sizes[layer_axis_name(index, "ffn")] for index, *_ in self.layers}
 
     def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
         widths = self._widths(sizes)

@@ -7,16 +7,18 @@ only in module names and in where their LayerNorms sit, which their adapters add
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
+import torch
 import transformers
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from compress.adapters.base import FamilyAdapter
-from reparam import Axis, GateSite, TensorDim
+from reparam import Axis, GateSite, TensorDim, layer_axis_name
 
 
 def linear_dims(name: str, dim: int) -> list[TensorDim]:
@@ -51,14 +53,14 @@ def encoder_layer_axes(
     or removed (the two axes would lie on the same Q/K/V rows, so a layer has one or the other).
     """
     m = modules
-    attention = Axis(f"layers.{index}.attention", "attention", 1, sites=[GateSite(m.attention_out)])
+    attention = Axis.in_layer(index, "attention", 1, sites=[GateSite(m.attention_out)])
     attention.owns = [f"{name}.{t}" for name in (*m.qkv, m.attention_out) for t in ("weight", "bias")]
     head_axis = (_head_width_axis if head_width else _heads_axis)(index, modules, heads, head_dim, attention.name)
     head_axis.writers = [d for name in m.qkv for d in linear_dims(name, 0)]
     head_axis.readers = linear_dims(m.attention_out, 1)
-    mlp = Axis(f"layers.{index}.mlp", "mlp", 1, sites=[GateSite(m.ffn_out)])
+    mlp = Axis.in_layer(index, "mlp", 1, sites=[GateSite(m.ffn_out)])
     mlp.owns = [f"{name}.{t}" for name in (m.ffn_in, m.ffn_out) for t in ("weight", "bias")]
-    ffn_axis = Axis(f"layers.{index}.ffn", "ffn", ffn, parent=mlp.name)
+    ffn_axis = Axis.in_layer(index, "ffn", ffn, parent=mlp.name)
     ffn_axis.writers = linear_dims(m.ffn_in, 0)
     ffn_axis.readers = linear_dims(m.ffn_out, 1)
     ffn_axis.sites = [GateSite(m.ffn_out, on="input")]
@@ -67,8 +69,8 @@ def encoder_layer_axes(
 
 def _heads_axis(index: int, modules: LayerModules, heads: int, head_dim: int, parent: str) -> Axis:
     """Whole heads: unit h is rows h * head_dim .. (h + 1) * head_dim - 1; its gate scales the head's context."""
-    return Axis(
-        f"layers.{index}.heads", "heads", heads, group=head_dim, parent=parent,
+    return Axis.in_layer(
+        index, "heads", heads, group=head_dim, parent=parent,
         sites=[GateSite(modules.attention_out, on="input")],
     )
 
@@ -80,8 +82,8 @@ def _head_width_axis(index: int, modules: LayerModules, heads: int, head_dim: in
     dropped value dimensions add nothing. Attention scales scores by ``1 / sqrt(width)``, so the
     query projection is the axis's ``dot_scaled`` tensor: the fold corrects the narrower student's scale in it.
     """
-    return Axis(
-        f"layers.{index}.head_width", "head_width", head_dim, copies=heads, parent=parent,
+    return Axis.in_layer(
+        index, "head_width", head_dim, copies=heads, parent=parent,
         sites=[GateSite(name) for name in modules.qkv],
         dot_scaled=[f"{modules.query}.weight", f"{modules.query}.bias"],
     )
@@ -110,6 +112,28 @@ class EncoderAdapter(FamilyAdapter):
     def layer_modules(self, i: int) -> LayerModules:
         """Module names of layer ``i``'s projections."""
 
+    @abstractmethod
+    def layer_prefix(self, i: int) -> str:
+        """The state-dict prefix of encoder layer ``i`` (``encoder.layer.3.``)."""
+
+    def keep_layers(self, state: Mapping[str, torch.Tensor], kept: list[int]) -> dict[str, torch.Tensor]:
+        """``state`` with the layers not in ``kept`` removed and the kept ones renumbered 0, 1, ... (layer drop)."""
+        prefixes = {self.layer_prefix(i): i for i in range(self.config.num_hidden_layers)}
+        renamed = {}
+        for key, value in state.items():
+            prefix = next((p for p in prefixes if key.startswith(p)), None)
+            if prefix is None:
+                renamed[key] = value
+            elif prefixes[prefix] in kept:
+                renamed[self.layer_prefix(kept.index(prefixes[prefix])) + key[len(prefix):]] = value
+        return renamed
+
+    def truncated_config(self, layers: int) -> PretrainedConfig:
+        """The teacher's stock config with ``layers`` encoder layers."""
+        config = copy.deepcopy(self.config)
+        config.num_hidden_layers = layers
+        return config
+
     def attention_projections(self, layer: int) -> tuple[str, str, str]:
         return self.layer_modules(layer).qkv
 
@@ -119,7 +143,7 @@ class EncoderAdapter(FamilyAdapter):
 
     def per_layer(self, sizes: Mapping[str, int], kind: str) -> list[int]:
         """Kept units of axis kind ``kind`` in each layer, in layer order."""
-        return [sizes[f"layers.{i}.{kind}"] for i in range(self.config.num_hidden_layers)]
+        return [sizes[layer_axis_name(i, kind)] for i in range(self.config.num_hidden_layers)]
 
     def student_class(self, stock: bool) -> type[PreTrainedModel]:
         name = type(self.model).__name__

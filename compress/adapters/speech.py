@@ -83,8 +83,11 @@ class SpeechAdapter(EncoderAdapter):
     def _conv(self, j: int) -> str:
         return f"{self.prefix}feature_extractor.conv_layers.{j}"
 
+    def layer_prefix(self, i: int) -> str:
+        return f"{self.prefix}encoder.layers.{i}."
+
     def layer_modules(self, i: int) -> LayerModules:
-        layer = f"{self.prefix}encoder.layers.{i}"
+        layer = self.layer_prefix(i).rstrip(".")
         return LayerModules(
             *(f"{layer}.attention.{m}_proj" for m in ("q", "k", "v")),
             attention_out=f"{layer}.attention.out_proj",
@@ -104,7 +107,7 @@ class SpeechAdapter(EncoderAdapter):
             if cfg.do_stable_layer_norm:
                 # Pre-LN: each sublayer's input LayerNorm goes with the sublayer.
                 attention, _, mlp, _ = layer_axes
-                layer = f"{self.prefix}encoder.layers.{i}"
+                layer = self.layer_prefix(i).rstrip(".")
                 attention.owns += [f"{layer}.layer_norm.{t}" for t in ("weight", "bias")]
                 mlp.owns += [f"{layer}.final_layer_norm.{t}" for t in ("weight", "bias")]
             axes += layer_axes

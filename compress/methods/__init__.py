@@ -1,26 +1,13 @@
-"""Pruning methods by recipe name (``prune.method``)."""
+"""Pruning methods by recipe name (``prune.method``): the registry, and the bundled methods registering in it.
 
-from __future__ import annotations
+Importing this package registers ``l0``, ``magnitude`` / ``taylor`` / ``random`` (scheduled top-k),
+``wid`` (alias ``compactor``) and ``layer-drop``; it imports no torch. ``method_entry(name).load()``
+gives a method's class.
+"""
 
-from compress.errors import RecipeError
-from compress.methods.base import PruningMethod
-from compress.methods.l0 import LAGRANGIAN_ATTR, L0Method
-from compress.methods.layer_drop import LayerDropMethod
-from compress.methods.scheduled import MagnitudeMethod, RandomMethod, ScheduledTopK, TaylorMethod, TorchPruningTopK
-from compress.methods.wid import COMPACTORS_ATTR, WIDMethod
+from compress.methods.registry import MethodEntry, method_entry, method_names, register_method, settings_fragments
 
-METHODS: dict[str, type[PruningMethod]] = {m.name: m for m in (L0Method, MagnitudeMethod, WIDMethod, TaylorMethod, RandomMethod, LayerDropMethod)}
-#: The design's generic name for the compactor method (``prune.method: compactor``) is WID.
-METHODS["compactor"] = WIDMethod
+# The bundled methods register themselves on import (each package's __init__ is light).
+from compress.methods import l0, layer_drop, scheduled, wid  # noqa: E402,F401  isort: skip
 
-
-def method_class(name: str) -> type[PruningMethod]:
-    """The method a recipe names, or an error listing the known ones."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise RecipeError(f"unknown pruning method {name!r}; known methods: {', '.join(METHODS)}") from None
-
-
-__all__ = ["COMPACTORS_ATTR", "WIDMethod", "LAGRANGIAN_ATTR", "METHODS", "L0Method", "MagnitudeMethod", "PruningMethod", "ScheduledTopK", "method_class",
-           "LayerDropMethod", "RandomMethod", "TaylorMethod", "TorchPruningTopK"]
+__all__ = ["MethodEntry", "method_entry", "method_names", "register_method", "settings_fragments"]

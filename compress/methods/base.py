@@ -1,34 +1,70 @@
-"""What a pruning method contributes to stage 1: its gates, loss terms, mask updates and the final structure.
+"""What a pruning method contributes to stage 1: its gates, parameter groups, loss terms, mask updates, fold.
 
-``attach`` builds the method named by the recipe (``prune.method``) into the job; the training driver
-calls its hooks around every optimisation step, so the L0, scheduled top-k and WID methods share one
-trainer, one checkpoint format and one fold.
+A method receives the gated model and its settings (never a job or a recipe): the target, the
+schedule and the recipe keys it registered (``compress.methods.registry``). The training driver
+calls its hooks around every optimisation step, so every method shares one trainer, one checkpoint
+format and one fold.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from pruners import FixedGate, Gate
+from compress.gated import GatedModel
+from compress.structure import Structure
+from compress.targets import Target
+from pruners.gates import FixedGate, Gate
 from reparam import Axis
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from compress.distill import DistillationLoss
-    from compress.job import CompressionJob
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """What a method is told: its target and schedule, stage 1's steps, and the recipe keys it owns (dotted)."""
+
+    target: Target
+    schedule: Any = None
+    train_steps: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters a method trains with its own learning rate (gates, multipliers, compactors)."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+    weight_decay: float = 0.0
+
+
+@dataclass
+class FoldedStudent:
+    """The dense student a method folds into, its structure, and what it kept of the teacher."""
+
+    student: PreTrainedModel
+    structure: Structure
+    kept_indices: dict[str, list[int]] = field(default_factory=dict)
+    kept_layers: list[int] | None = None
 
 
 class PruningMethod:
     """Base class; every hook defaults to doing nothing, so a method overrides only what it uses."""
 
-    name: ClassVar[str]
+    name: str = "fixed"
 
-    def __init__(self, job: CompressionJob) -> None:
-        self.job = job
+    def __init__(self, gated: GatedModel, settings: MethodSettings) -> None:
+        self.gated = gated
+        self.settings = settings
 
     @classmethod
     def initial_gate(cls, axis: Axis) -> Gate:
@@ -38,6 +74,10 @@ class PruningMethod:
     def modules(self) -> dict[str, nn.Module]:
         """Modules to attach to the model (names start with ``compress_``) so checkpoints carry them."""
         return {}
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Parameters the optimiser takes with the method's own learning rates (the rest train as weights)."""
+        return []
 
     def loss_terms(self, step: int) -> dict[str, torch.Tensor]:
         """Extra terms at ``step``: ``penalty`` is added to the loss; every term is logged."""
@@ -57,15 +97,22 @@ class PruningMethod:
         """After training: settle the exact structure the fold keeps; returns metrics to record."""
         return {}
 
-    def fold(self) -> PreTrainedModel:
-        """The dense student after stage 1: the job's fold over the axes (a method that removes whole layers folds itself)."""
-        return self.job.fold_axes()
+    def one_shot(self) -> dict[str, float]:
+        """Without training (``train.max_steps = 0``): choose the structure from the teacher's weights."""
+        from compress.methods.criteria import magnitude
+
+        self.gated.keep_top(self.settings.target.kind_sizes(self.gated), magnitude(self.gated))
+        return {}
+
+    @torch.no_grad()
+    def fold(self, export_format: str = "auto") -> FoldedStudent:
+        """The dense student after stage 1: the fold over the axes (a method that removes whole layers folds itself)."""
+        gated = self.gated
+        student, kept = gated.fold(self.student_state(gated.weights()), export_format)
+        sizes = {a.name: a.size for a in gated.axes}
+        partial = {name: idx.tolist() for name, idx in kept.items() if idx.numel() < sizes[name]}
+        return FoldedStudent(student, gated.structure(), partial)
 
     def student_distillation(self, distillation: DistillationLoss) -> DistillationLoss:
         """Stage 1's distillation loss adapted to the folded student (projections sliced to its kept hidden units)."""
-        return distillation.fold(self.job.kept()["hidden"])
-
-    def one_shot(self) -> dict[str, float]:
-        """Without training (``train.max_steps = 0``): choose the structure from the teacher's weights."""
-        self.job.prune_to()
-        return {}
+        return distillation.fold(self.gated.kept()["hidden"])

@@ -10,17 +10,14 @@ weights, so the student inherits ``R[S, :] W`` and ``W C[:, S]``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from compress.methods.scheduled import ScheduledTopK
-from pruners import magnitude_importance
+from compress.gated import GatedModel
+from compress.methods.base import MethodSettings, ParamGroup
+from compress.methods.criteria import magnitude_of
+from compress.methods.scheduled.method import ScheduledTopK
 from reparam.compactors import CompactorSet, compactor_sites, compose_compactors
-
-if TYPE_CHECKING:
-    from compress.job import CompressionJob
 
 COMPACTORS_ATTR = "compress_compactors"
 
@@ -28,38 +25,41 @@ COMPACTORS_ATTR = "compress_compactors"
 class WIDMethod(ScheduledTopK):
     """Scheduled shrinking with compactors, compacted-weight importance and a shrink penalty."""
 
-    name = "wid"
-
-    def __init__(self, job: CompressionJob) -> None:
-        super().__init__(job)
-        prune = job.recipe.prune
-        sites = compactor_sites(job.gated_axes(), prune["compactor_sides"], prune["compactor_layout"])
-        self.compactors = CompactorSet(job.axes, sites)
-        self.compactors.install(job.model)
-        self.penalty_weight = prune["shrink_penalty"]
+    def __init__(self, gated: GatedModel, settings: MethodSettings) -> None:
+        super().__init__(gated, settings, criterion=self._compacted_magnitude)
+        self.name = "wid"
+        options = settings.options
+        sites = compactor_sites(gated.gated_axes(), options["prune.compactor_sides"], options["prune.compactor_layout"])
+        self.compactors = CompactorSet(gated.axes, sites)
+        self.compactors.install(gated.model, gated.hooks)
+        self.penalty_weight = options["prune.shrink_penalty"]
+        self.lr = options["train.compactor_lr"]
         self.doomed: dict[str, torch.Tensor] | None = None
 
     def modules(self) -> dict[str, nn.Module]:
         return {COMPACTORS_ATTR: self.compactors}
 
+    def param_groups(self) -> list[ParamGroup]:
+        return [ParamGroup("compactors", list(self.compactors.parameters()), self.lr)]
+
     def compactor_parameters(self) -> int:
         return sum(p.numel() for p in self.compactors.parameters())
 
     def student_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._remove_pruned()  # the gates may have been set directly (job.prune_to, job.keep_top)
-        return compose_compactors(state, self.job.axes, self.compactors, self.job.kept())
+        self._remove_pruned()  # the gates may have been set directly (job.prune_to, keep_top)
+        return compose_compactors(state, self.gated.axes, self.compactors, self.gated.kept())
 
     @torch.no_grad()
     def _remove_pruned(self) -> None:
         """Zero, in every compactor, the units the gates have removed."""
-        kept = self.job.kept()
-        for axis in self.job.gated_axes():
+        kept = self.gated.kept()
+        for axis in self.gated.gated_axes():
             for _, compactor in self.compactors.for_axis(axis.name):
                 compactor.remove(axis, kept[axis.name])
 
-    def importance(self) -> dict[str, torch.Tensor]:
-        composed = compose_compactors(self.job.weights(), self.job.axes, self.compactors, self.job.kept())
-        return {axis.name: magnitude_importance(composed, axis) for axis in self.job.gated_axes()}
+    def _compacted_magnitude(self, gated: GatedModel) -> dict[str, torch.Tensor]:
+        """The magnitude criterion on the weights with every compactor composed in (WID's importance)."""
+        return magnitude_of(compose_compactors(gated.weights(), gated.axes, self.compactors, gated.kept()), gated)
 
     @torch.no_grad()
     def prune(self, sizes: dict[str, int]) -> None:
@@ -71,10 +71,10 @@ class WIDMethod(ScheduledTopK):
     def _doomed(self) -> dict[str, torch.Tensor]:
         """Units still kept that rank below the final size by importance: the shrink penalty's targets."""
         scores, doomed = self.importance(), {}
-        for axis in self.job.gated_axes():
+        for axis in self.gated.gated_axes():
             if axis.kind not in self.final or not self.compactors.for_axis(axis.name):
                 continue
-            removed = (self.job.gates[axis.name].deterministic() == 0).cpu()
+            removed = (self.gated.gates[axis.name].deterministic() == 0).cpu()
             order = torch.argsort(scores[axis.name].masked_fill(removed, float("-inf")), descending=True, stable=True)
             kept_now = int((~removed).sum())
             doomed[axis.name] = order[self.final[axis.kind] : kept_now]
@@ -87,7 +87,7 @@ class WIDMethod(ScheduledTopK):
         if self.doomed is None:
             self.doomed = self._doomed()
         norms = []
-        for axis in self.job.gated_axes():
+        for axis in self.gated.gated_axes():
             units = self.doomed.get(axis.name)
             if units is None or not units.numel():
                 continue
