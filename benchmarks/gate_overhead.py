@@ -21,6 +21,7 @@ import torch
 
 import compress
 from compress.distill import DistillationLoss
+from compress.objective import with_layer_map
 from compress.teachers import load_teacher
 
 
@@ -53,7 +54,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     teacher, tokenizer = load_teacher()
-    recipe = compress.load_recipe("bert-l0")
+    recipe = with_layer_map(compress.load_recipe("bert-l0"), teacher.config.num_hidden_layers)
     width = teacher.config.hidden_size
     job = compress.attach(teacher, recipe)
     plain = copy.deepcopy(teacher)

@@ -40,7 +40,7 @@ from transformers import PreTrainedModel
 import compress
 from compress.errors import CompressError
 from compress.adapters import modality_of
-from compress.objective import with_objective
+from compress.objective import with_layer_map, with_objective
 from compress.recipe import Recipe
 from compress.report import RunReport, build_report, load_run
 from compress.teachers import default_teacher_path, load_teacher, small_random_bert
@@ -98,8 +98,6 @@ def suite_recipe(method: str, sparsity: float, steps: int, teacher_layers: int, 
     else:
         overrides["prune.target_sparsity"] = sparsity
         overrides["prune.schedule"] = scaled_schedule(recipe.prune["schedule"], stage1 / recipe.train["max_steps"])
-    if max(max(pair) for pair in recipe.distill["layers"]) > teacher_layers:  # the --quick teacher is shallower
-        overrides["distill.layers"] = [[i, i] for i in range(0, teacher_layers + 1, 2)]
     return recipe.override(overrides)
 
 
@@ -114,14 +112,16 @@ def tiny_teacher(folder: Path) -> Path:
 def finished_run(run_dir: Path, recipe: Recipe, teacher: Path, teacher_model: PreTrainedModel) -> bool:
     """Whether ``run_dir`` already holds a finished run of exactly ``recipe`` on ``teacher``.
 
-    The record holds the recipe as the run resolved it (``train.objective: auto`` made concrete).
+    The record holds the recipe as the run resolved it (``train.objective`` and ``distill.layers: auto``
+    made concrete) and the teacher's absolute path.
     """
     try:
         record, _ = load_run(run_dir)
     except CompressError:
         return False
-    resolved = with_objective(recipe, teacher_model, modality_of(teacher_model)).to_dict()
-    return record.get("recipe") == resolved and record.get("teacher") == str(teacher)
+    objective = with_objective(recipe, teacher_model, modality_of(teacher_model))
+    resolved = with_layer_map(objective, teacher_model.config.num_hidden_layers).to_dict()
+    return record.get("recipe") == resolved and record.get("teacher") == str(Path(teacher).resolve())
 
 
 def suite_row(method: str, sparsity: float, recipe: Recipe, report: RunReport) -> dict[str, Any]:

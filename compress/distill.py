@@ -400,6 +400,11 @@ class DistillationLoss(nn.Module):
         if not _is_number(temperature) or temperature <= 0:
             raise ValueError(f"distill.temperature must be a finite number > 0, got {temperature!r}")
         merged["relation_heads"] = _check_positive_int("distill.relation_heads", merged["relation_heads"])
+        if merged["layers"] == "auto":
+            raise ValueError(
+                "distill layers 'auto' must be resolved for the teacher's depth first: "
+                "recipe = compress.objective.with_layer_map(recipe, teacher.config.num_hidden_layers)"
+            )
         merged["layers"] = _check_layer_map(merged["layers"]) if merged["layers"] else []
         return merged
 

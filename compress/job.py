@@ -27,6 +27,7 @@ from compress.targets import Target
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from pruners.gates import GateSet
     from reparam import Axis
 
 
@@ -81,7 +82,7 @@ class CompressionJob:
         return self.gated.axes
 
     @property
-    def gates(self):
+    def gates(self) -> GateSet:
         return self.gated.gates
 
     def gated_axes(self) -> list[Axis]:

@@ -1,4 +1,5 @@
-"""``train.objective``: distil from the teacher, or WID's teacher-free masked-LM loss, resolved for a teacher."""
+"""What a recipe distils, resolved for a teacher: ``train.objective`` (distil, or WID's teacher-free
+masked-LM loss) and ``distill.layers: auto`` (a layer map for the teacher's depth)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,27 @@ def with_objective(recipe: Recipe, teacher: PreTrainedModel, modality: str) -> R
             f"teacher is {type(teacher).__name__}; use train.objective=distill (or auto)"
         )
     return recipe.override({"train.objective": "mlm", **MLM_ONLY})
+
+
+#: intervals between mapped hidden states for ``distill.layers: auto`` (MiniLM's 6 layers: states 0, 2, 4, 6)
+AUTO_INTERVALS = 3
+
+
+def auto_layer_map(depth: int) -> list[list[int]]:
+    """Evenly spaced hidden states of a ``depth``-layer teacher, each mapped onto the same state of the student.
+
+    The embeddings (0) and the last layer (``depth``) are always included, so every layer gets a signal:
+    3 intervals where the depth allows (12 layers: 0, 4, 8, 12), else every state (2 layers: 0, 1, 2).
+    """
+    if depth < 1:
+        raise RecipeError(f"distill.layers: auto needs a teacher with at least one layer, got {depth}")
+    intervals = min(depth, AUTO_INTERVALS)
+    states = sorted({round(i * depth / intervals) for i in range(intervals + 1)})
+    return [[state, state] for state in states]
+
+
+def with_layer_map(recipe: Recipe, depth: int) -> Recipe:
+    """The recipe with ``distill.layers: auto`` replaced by ``auto_layer_map(depth)`` (explicit maps stay)."""
+    if recipe.distill["layers"] != "auto":
+        return recipe
+    return recipe.override({"distill.layers": auto_layer_map(depth)})

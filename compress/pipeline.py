@@ -39,7 +39,7 @@ from compress.folding import CompressionRecord, fold
 from compress.guards import FiniteGuard, fidelity_collapse
 from compress.job import CompressionJob, attach
 from compress.methods.base import PruningMethod
-from compress.objective import with_objective
+from compress.objective import with_layer_map, with_objective
 from compress.outputs import (
     STUDENT_MARKER,
     StagedOutput,
@@ -305,7 +305,7 @@ def setup(
         )
     set_seed(recipe.train["seed"])
     modality = modality_of(teacher)
-    recipe = with_objective(recipe, teacher, modality)
+    recipe = with_layer_map(with_objective(recipe, teacher, modality), teacher.config.num_hidden_layers)
     job = attach(teacher, recipe)  # before the data: a recipe of another family fails fast, naming the mismatch
     check_before_training(recipe, job, teacher)
     prepared = training_data(recipe, modality, processor, data)

@@ -42,9 +42,11 @@ def _target_sizes(v: dict) -> str | None:
     return None
 
 
-def _layer_pairs(v: list) -> str | None:
+def _layer_pairs(v: list | str) -> str | None:
+    if isinstance(v, str):
+        return None if v == "auto" else "must be 'auto' or a list of [student_layer, teacher_layer] pairs"
     ok = all(isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p) for p in v)
-    return None if ok else "must be a list of [student_layer, teacher_layer] pairs of integers >= 0"
+    return None if ok else "must be 'auto' or a list of [student_layer, teacher_layer] pairs of integers >= 0"
 
 
 def _schedule(v: Any) -> str | None:
@@ -67,7 +69,8 @@ SCHEMA: dict[str, Any] = {
         "schedule": Field((dict, str), {"kind": "linear", "start_step": 0, "ramp_steps": 1000}, check=_schedule),
     },
     "distill": {
-        "layers": Field((list,), [], check=_layer_pairs),
+        # auto: evenly spaced hidden states of the teacher, the embeddings and the last layer included
+        "layers": Field((list, str), [], check=_layer_pairs),
         "hidden_l1": Field(FLOAT, 1.0, check=at_least(0.0)),
         "hidden_cos": Field(FLOAT, 1.0, check=at_least(0.0)),
         "hidden_mse": Field(FLOAT, 0.0, check=at_least(0.0)),

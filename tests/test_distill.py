@@ -16,6 +16,7 @@ from compress.distill import (
     attention_relation_loss,
     logits_kl,
 )
+from compress.objective import with_layer_map
 from compress.recipe import load_recipe
 from conftest import tiny_bert_config
 
@@ -449,7 +450,11 @@ def test_combined_remap_layers_follows_removed_layers():
 
 
 def test_distillation_loss_reads_a_recipe_distill_section():
-    distill = load_recipe("bert-l0").distill
+    recipe = load_recipe("bert-l0")
+    with pytest.raises(ValueError, match="with_layer_map"):
+        DistillationLoss(recipe.distill, 384, 384)  # 'auto' needs the teacher's depth first
+    distill = with_layer_map(recipe, 6).distill
+    assert distill["layers"] == [[0, 0], [2, 2], [4, 4], [6, 6]]
     loss_fn = DistillationLoss(distill, 384, 384)
     assert loss_fn.hidden.layer_map == [tuple(p) for p in distill["layers"]]
     assert loss_fn.term_weights["hidden_l1"] == distill["hidden_l1"]

@@ -89,6 +89,6 @@ def test_l0_constrains_each_kind_towards_its_budget():
         penalty.backward()
         optimizer.step()
     expected = job.gated.expected_sizes()
-    assert abs(float(expected["hidden"]) - 32) < 2
-    ffn = sum(float(expected[a.name]) for a in job.gated_axes() if a.kind == "ffn")
+    assert abs(float(expected["hidden"].detach()) - 32) < 2
+    ffn = sum(float(expected[a.name].detach()) for a in job.gated_axes() if a.kind == "ffn")
     assert abs(ffn - 16 * teacher.config.num_hidden_layers) < 4

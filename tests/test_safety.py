@@ -95,10 +95,10 @@ def test_the_cli_exits_2_with_one_line_on_non_finite_training(tiny_teacher_dir, 
 
 
 # -- 5. checks before training ----------------------------------------------------------------
-def test_the_default_layer_map_on_a_shallow_teacher_is_refused_before_training(tiny_teacher_dir, tmp_path):
-    with pytest.raises(RecipeError, match=r"distill.layers .*2-layer teacher"):
-        compress.run("bert-l0", teacher=tiny_teacher_dir, out=tmp_path / "s", progress=False,
-                     overrides={k: v for k, v in SHORT.items() if k != "distill.layers"})
+def test_a_layer_map_deeper_than_the_teacher_is_refused_before_training(tiny_teacher_dir, tmp_path):
+    """MiniLM's map [[0, 0], [2, 2], [4, 4], [6, 6]] (the recipes' default before ``auto``) on a 2-layer teacher."""
+    with pytest.raises(RecipeError, match=r"distill.layers pair \[4, 4\] .*2-layer teacher"):
+        _run(tiny_teacher_dir, tmp_path / "s", overrides={"distill.layers": [[0, 0], [2, 2], [4, 4], [6, 6]]})
     assert not list(tmp_path.iterdir()), "nothing was left behind, so the corrected rerun is not refused"
 
 

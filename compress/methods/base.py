@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compress.gated import GatedModel
+from compress.methods.criteria import magnitude
 from compress.structure import Structure
 from compress.targets import Target
 from pruners.gates import FixedGate, Gate
@@ -99,8 +100,6 @@ class PruningMethod:
 
     def one_shot(self) -> dict[str, float]:
         """Without training (``train.max_steps = 0``): choose the structure from the teacher's weights."""
-        from compress.methods.criteria import magnitude
-
         self.gated.keep_top(self.settings.target.kind_sizes(self.gated), magnitude(self.gated))
         return {}
 
