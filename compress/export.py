@@ -16,6 +16,7 @@ from compress.errors import IntegrityError
 from compress.folding import CompressionRecord
 from compress.guards import check_finite_state
 from compress.outputs import StagedOutput, check_output_path
+from compress.sentence import copy_pipeline
 from compress.students import STUDENT_FAMILIES, remote_code_for
 
 RECORD_FILE = "compression.json"
@@ -41,8 +42,12 @@ def write_student(
     folder: Path,
     processor: Any = None,
     record: CompressionRecord | Mapping[str, Any] | None = None,
+    sentence_from: str | Path | None = None,
 ) -> None:
     """Write the student's files into ``folder`` (new or empty): weights, config, code, processor, record.
+
+    ``sentence_from``: a sentence-transformers teacher folder, whose pipeline (pooling, normalisation,
+    max_seq_length) the student folder gets too, sized to the student (``compress.sentence``).
 
     ``compression.json`` holds ``record``, the student's format and parameter count, and the sha256
     of every weight and code file written, which ``load_student`` checks.
@@ -57,6 +62,7 @@ def write_student(
         shutil.copy2(remote[1], folder / remote[1].name)
     if processor is not None:
         processor.save_pretrained(folder)
+    copy_pipeline(sentence_from, folder, student.config.hidden_size)
     checked = sorted(p for p in folder.iterdir() if p.suffix in CHECKED_SUFFIXES)
     record.update(
         {
@@ -76,6 +82,7 @@ def save_student(
     processor: Any = None,
     overwrite: bool = False,
     record: CompressionRecord | Mapping[str, Any] | None = None,
+    sentence_from: str | Path | None = None,
 ) -> Path:
     """Write ``student`` to ``out_dir`` so ``AutoModel.from_pretrained`` loads it.
 
@@ -85,12 +92,13 @@ def save_student(
     (tokenizer / feature extractor) is saved beside them, and ``compression.json`` holds ``record``
     (the fold's ``CompressionRecord``: teacher, recipe, structure). The folder appears complete or not
     at all: it is built in a staging folder beside it and moved into place; ``overwrite`` replaces an
-    earlier student only, once the new one is complete.
+    earlier student only, once the new one is complete. ``sentence_from`` names a sentence-transformers
+    teacher folder whose pipeline the student folder gets (see ``write_student``).
     """
     teacher = record.teacher if isinstance(record, CompressionRecord) else dict(record or {}).get("teacher", "")
     out = check_output_path(out_dir, protected=[teacher], overwrite=overwrite)
     with StagedOutput(out) as staged:
-        write_student(student, staged.path, processor, record)
+        write_student(student, staged.path, processor, record, sentence_from)
         staged.commit()
     return out
 

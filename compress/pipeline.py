@@ -49,6 +49,7 @@ from compress.outputs import (
     remove_stale_siblings,
 )
 from compress.recipe import Recipe, load_recipe
+from compress.sentence import read_pipeline
 from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
@@ -224,6 +225,8 @@ class Run:
     resume: bool = False
     progress: bool = True
     keep_checkpoints: bool = False
+    #: the teacher's folder (None for a model object): a sentence-transformers pipeline there is carried over
+    teacher_dir: Path | None = None
     stopper: StopOnSignal = field(default_factory=StopOnSignal)
     started: float = field(default_factory=time.perf_counter)
     logs: dict[str, list[dict]] = field(default_factory=dict)
@@ -295,6 +298,7 @@ def setup(
     protected = _local_paths(teacher_dir, data)
     if is_main_process():
         check_output_path(out, protected, overwrite=overwrite or resume)
+    read_pipeline(teacher_dir)  # a sentence-transformers module the student cannot carry is refused now, not at export
     teacher, processor = _load_teacher(teacher, processor)
     trains = recipe.train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
     if processor is None and trains:
@@ -320,7 +324,8 @@ def setup(
     width = teacher.config.hidden_size
     distillation = DistillationLoss(recipe.distill, width, width)
     return Run(
-        recipe, teacher, processor, out, job, prepared, distillation, resume, progress, keep_checkpoints, started=started
+        recipe, teacher, processor, out, job, prepared, distillation, resume, progress, keep_checkpoints,
+        teacher_dir=Path(teacher_dir) if teacher_dir is not None else None, started=started,
     )
 
 
@@ -417,7 +422,7 @@ def export_stage(run: Run) -> Path:
     run.record.metrics.update(run.metrics)
     if is_main_process():
         with StagedOutput(run.out) as staged:
-            write_student(run.student, staged.path, run.processor, run.record)
+            write_student(run.student, staged.path, run.processor, run.record, sentence_from=run.teacher_dir)
             (staged.path / TRAINING_LOG_FILE).write_text(json.dumps(run.logs, indent=2) + "\n", encoding="utf-8")
             staged.commit()
         if not run.keep_checkpoints:
