@@ -65,11 +65,18 @@ _AUTO = {
 
 
 def register_students() -> None:
-    """Register every heterogeneous config and model class with transformers' Auto classes."""
+    """Register every heterogeneous config and model class with transformers' Auto classes.
+
+    The classes are also registered *for* their Auto class, so ``save_pretrained`` (and
+    ``push_to_hub``) of a loaded student writes the modeling file and ``auto_map`` beside the weights:
+    the re-saved folder loads without this library, as the exported one does.
+    """
     for config_cls, models, _ in STUDENT_FAMILIES:
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        config_cls.register_for_auto_class()
         for auto_name, model_cls in models.items():
             _AUTO[auto_name].register(config_cls, model_cls, exist_ok=True)
+            model_cls.register_for_auto_class(auto_name)
 
 
 def remote_code_for(config_cls: type) -> tuple[dict[str, str], Path] | None:
