@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 #: the file every student folder this library writes holds; its presence marks a replaceable earlier student
 STUDENT_MARKER = "compression.json"
-#: the hidden siblings the library creates next to ``out`` (``partial`` is the exporter's own staging name)
+#: the hidden siblings the library creates next to ``out`` (``partial`` is what save_student used before the staging folders)
 _SIBLING_KINDS = ("staging", "old", "partial")
 _TOKEN_HEX = 8
 
