@@ -113,7 +113,7 @@ def finished_run(run_dir: Path, recipe: Recipe, teacher: Path, teacher_model: Pr
     """Whether ``run_dir`` already holds a finished run of exactly ``recipe`` on ``teacher``.
 
     The record holds the recipe as the run resolved it (``train.objective`` and ``distill.layers: auto``
-    made concrete) and the teacher's absolute path.
+    made concrete) and the teacher's absolute path (``teacher_path`` beside a hub id).
     """
     try:
         record, _ = load_run(run_dir)
@@ -121,7 +121,8 @@ def finished_run(run_dir: Path, recipe: Recipe, teacher: Path, teacher_model: Pr
         return False
     objective = with_objective(recipe, teacher_model, modality_of(teacher_model))
     resolved = with_layer_map(objective, teacher_model.config.num_hidden_layers).to_dict()
-    return record.get("recipe") == resolved and record.get("teacher") == str(Path(teacher).resolve())
+    recorded = record.get("teacher_path") or record.get("teacher")  # teacher_path when the teacher has a hub id
+    return record.get("recipe") == resolved and recorded == str(Path(teacher).resolve())
 
 
 def suite_row(method: str, sparsity: float, recipe: Recipe, report: RunReport) -> dict[str, Any]:

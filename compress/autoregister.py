@@ -22,10 +22,9 @@ _state = {"registered": False, "loading": 0}
 
 
 def _register() -> None:
-    from compress.students import register_students
-
+    """Import ``compress.students``, which registers the students when its import finishes."""
     _state["registered"] = True
-    register_students()
+    import compress.students  # noqa: F401  (may be half-imported here: it imports transformers first)
 
 
 class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):

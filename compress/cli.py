@@ -1,4 +1,5 @@
-"""The ``compress`` command: ``compress run RECIPE ...``, ``compress report DIR`` and ``compress recipes``."""
+"""The ``compress`` command: ``compress run RECIPE ...``, ``compress report DIR``, ``compress export DIR --onnx``
+and ``compress recipes``."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from compress.pipeline import is_main_process, run
     from compress.report import fidelity_line
 
-    recipe = load_recipe(args.recipe).override(dict(_parse_override(o) for o in args.overrides))
+    # Overrides go to the run apart from the recipe: an explicit prune.axes is a request the generic path checks.
+    overrides = dict(_parse_override(o) for o in args.overrides)
     out = run(
-        recipe, teacher=args.teacher, data=args.data, out=args.out, overwrite=args.overwrite, resume=args.resume,
-        keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+        load_recipe(args.recipe), overrides=overrides, teacher=args.teacher, data=args.data, out=args.out,
+        overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        progress=not args.no_progress, generic=args.generic,
     )
     if not is_main_process():
         return 0
@@ -64,6 +67,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from compress.onnx_export import export_onnx
+
+    print(export_onnx(args.dir, quantize=args.quantize, overwrite=args.overwrite, data=args.data).text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep OUT.checkpoints (beside --out) after a successful run; removed by default")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    run.add_argument("--generic", action="store_true",
+                     help="prune FFN units only, on the generic path for any transformers encoder (chosen with a "
+                     "notice when no family adapter fits the teacher); saves the teacher's stock config")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. prune.target_sparsity=0.6")
     run.set_defaults(func=_cmd_run)
     report = sub.add_parser("report", help="per-layer structure, parameters, MACs and CPU latency of a run, with plots")
@@ -93,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seconds", type=float, default=1.0, help="speech: seconds of audio per input (default 1)")
     report.add_argument("--rounds", type=int, default=10, help="latency: timed rounds per model (default 10)")
     report.set_defaults(func=_cmd_report)
+    export = sub.add_parser("export", help="write a student as ONNX (DIR/onnx/model.onnx), checked against torch")
+    export.add_argument("dir", help="a student folder written by `compress run` (holds compression.json)")
+    export.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format so far)")
+    export.add_argument("--quantize", choices=["int8"],
+                        help="also write DIR/onnx/model_int8.onnx (dynamic int8) and score its fidelity vs the student")
+    export.add_argument("--data", help="texts (or for speech, audio) to score the int8 model on; their held-out split "
+                        "is used as the run split its data (default for text: the run's data.text corpus)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR/onnx")
+    export.set_defaults(func=_cmd_export)
     recipes = sub.add_parser("recipes", help="list the bundled recipes")
     recipes.set_defaults(func=_cmd_recipes)
     return parser

@@ -3,12 +3,15 @@
 Students may have a smaller hidden size than their teacher, so raw vectors are never compared;
 instead both models rank all pairs of texts by cosine similarity, and the Spearman correlation
 of those two rankings is the score (1.0: the student orders every pair as the teacher does).
+Texts are embedded the teacher's way (``compress.sentence.Pooling``: a sentence-transformers
+teacher's pooling, normalisation and length; mean pooling for a plain transformers teacher).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from itertools import islice
 from typing import Any
 
@@ -18,6 +21,8 @@ from transformers import PreTrainedModel
 
 from compress.audio import features
 from compress.errors import DataError
+from compress.measure import position_limit
+from compress.sentence import DEFAULT_MAX_LENGTH, MEAN_POOLING, Pooling
 
 #: fewest held-out texts or clips a fidelity figure is computed over
 MIN_FIDELITY_ITEMS = 3
@@ -25,14 +30,10 @@ PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 LETTER = re.compile(r"[^\W\d_]")
 
 
-def mean_pooled_embeddings(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    texts: list[str],
-    batch_size: int = 32,
-    max_length: int = 128,
+def text_embeddings(
+    model: PreTrainedModel, tokenizer: Any, texts: list[str], pooling: Pooling = MEAN_POOLING, batch_size: int = 32
 ) -> torch.Tensor:
-    """Mean of the last hidden layer over each text's non-padding tokens, as an (N, hidden) float tensor.
+    """The last hidden layer of each text pooled by ``pooling``, as an (N, width) float tensor.
 
     Runs ``model.base_model``, so models with heads (e.g. BertForMaskedLM) work like bare encoders
     without computing their heads. ``output_hidden_states`` is avoided on purpose: transformers 5
@@ -41,6 +42,7 @@ def mean_pooled_embeddings(
     """
     if not texts:
         raise DataError("no texts to embed; pass a non-empty list of strings")
+    max_length = min(pooling.max_length, position_limit(model))
     was_training = model.training
     model.eval()
     pooled = []
@@ -55,11 +57,21 @@ def mean_pooled_embeddings(
                     return_tensors="pt",
                 ).to(model.device)
                 hidden = model.base_model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu())
+                pooled.append(pooling(hidden, batch["attention_mask"]).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(pooled)
+
+
+def mean_pooled_embeddings(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    texts: list[str],
+    batch_size: int = 32,
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> torch.Tensor:
+    """Mean of the last hidden layer over each text's non-padding tokens, as an (N, hidden) float tensor."""
+    return text_embeddings(model, tokenizer, texts, Pooling(max_length=max_length), batch_size)
 
 
 def pairwise_cosine(emb: torch.Tensor) -> torch.Tensor:
@@ -101,18 +113,19 @@ def embedding_fidelity(
     tokenizer: Any,
     texts: list[str],
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int | None = None,
+    pooling: Pooling = MEAN_POOLING,
 ) -> float:
     """Spearman correlation of the teacher's and the student's pairwise cosine similarities over ``texts``.
 
-    Compares similarity structure rather than vectors, so it works across hidden sizes.
+    Compares similarity structure rather than vectors, so it works across hidden sizes. Both models
+    embed with ``pooling`` (the teacher's); ``max_length`` overrides its token length.
     """
     if len(texts) < MIN_FIDELITY_ITEMS:
         raise DataError(f"embedding fidelity needs at least {MIN_FIDELITY_ITEMS} texts, got {len(texts)}; pass more held-out texts")
-    similarities = [
-        pairwise_cosine(mean_pooled_embeddings(model, tokenizer, texts, batch_size, max_length))
-        for model in (teacher, student)
-    ]
+    if max_length is not None:
+        pooling = replace(pooling, max_length=max_length)
+    similarities = [pairwise_cosine(text_embeddings(model, tokenizer, texts, pooling, batch_size)) for model in (teacher, student)]
     return spearman(*similarities)
 
 

@@ -1,4 +1,4 @@
-"""Export and load students: safetensors, config, processor and a compression.json record."""
+"""Export and load students: safetensors, config, processor, a compression.json record and a model card."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
+from compress.adapters import modality_of
 from compress.errors import IntegrityError
 from compress.folding import CompressionRecord
 from compress.guards import check_finite_state
+from compress.model_card import write_model_card
 from compress.outputs import StagedOutput, check_output_path
-from compress.sentence import copy_pipeline
+from compress.sentence import SentencePipeline, copy_pipeline
 from compress.students import STUDENT_FAMILIES, remote_code_for
 
 RECORD_FILE = "compression.json"
@@ -42,15 +44,16 @@ def write_student(
     folder: Path,
     processor: Any = None,
     record: CompressionRecord | Mapping[str, Any] | None = None,
-    sentence_from: str | Path | None = None,
+    sentence_from: str | Path | SentencePipeline | None = None,
 ) -> None:
     """Write the student's files into ``folder`` (new or empty): weights, config, code, processor, record.
 
-    ``sentence_from``: a sentence-transformers teacher folder, whose pipeline (pooling, normalisation,
-    max_seq_length) the student folder gets too, sized to the student (``compress.sentence``).
+    ``sentence_from``: a sentence-transformers teacher folder or its pipeline (``compress.sentence``), which
+    the student folder gets too (pooling, normalisation, max_seq_length), sized to the student.
 
     ``compression.json`` holds ``record``, the student's format and parameter count, and the sha256
-    of every weight and code file written, which ``load_student`` checks.
+    of every weight and code file written, which ``load_student`` checks. ``README.md`` is the model
+    card made from that record (``compress.model_card``).
     """
     record = record.to_dict() if isinstance(record, CompressionRecord) else dict(record or {})
     check_finite_state(student, fix="lower the learning rates (train.lr, finetune.lr) and run again")
@@ -58,8 +61,8 @@ def write_student(
     if remote is not None:
         student.config.auto_map = remote[0]
     student.save_pretrained(folder)
-    if remote is not None:
-        shutil.copy2(remote[1], folder / remote[1].name)
+    for source in remote[1] if remote is not None else []:
+        shutil.copy2(source, folder / source.name)
     if processor is not None:
         processor.save_pretrained(folder)
     copy_pipeline(sentence_from, folder, student.config.hidden_size)
@@ -74,6 +77,7 @@ def write_student(
         }
     )
     (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_model_card(folder, record, modality_of(student))
 
 
 def save_student(
@@ -82,7 +86,7 @@ def save_student(
     processor: Any = None,
     overwrite: bool = False,
     record: CompressionRecord | Mapping[str, Any] | None = None,
-    sentence_from: str | Path | None = None,
+    sentence_from: str | Path | SentencePipeline | None = None,
 ) -> Path:
     """Write ``student`` to ``out_dir`` so ``AutoModel.from_pretrained`` loads it.
 
@@ -93,10 +97,12 @@ def save_student(
     (the fold's ``CompressionRecord``: teacher, recipe, structure). The folder appears complete or not
     at all: it is built in a staging folder beside it and moved into place; ``overwrite`` replaces an
     earlier student only, once the new one is complete. ``sentence_from`` names a sentence-transformers
-    teacher folder whose pipeline the student folder gets (see ``write_student``).
+    teacher folder, or gives its pipeline (``compress.sentence.teacher_pipeline``), that the student folder
+    gets (see ``write_student``).
     """
-    teacher = record.teacher if isinstance(record, CompressionRecord) else dict(record or {}).get("teacher", "")
-    out = check_output_path(out_dir, protected=[teacher], overwrite=overwrite)
+    named = record.to_dict() if isinstance(record, CompressionRecord) else dict(record or {})
+    teacher = [named.get(key) or "" for key in ("teacher_path", "teacher")]
+    out = check_output_path(out_dir, protected=teacher, overwrite=overwrite)
     with StagedOutput(out) as staged:
         write_student(student, staged.path, processor, record, sentence_from)
         staged.commit()

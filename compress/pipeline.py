@@ -17,15 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, TrainerState, TrainingArguments, set_seed
+from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
@@ -34,10 +36,12 @@ from compress.distill import DistillationLoss
 from compress.errors import CompressError, DataError, Interrupted, OutputDirError, RecipeError
 from compress.evaluate import MIN_FIDELITY_ITEMS
 from compress.export import TRAINING_LOG_FILE, write_student
+from compress.families import recipe_fits
 from compress.fingerprint import check_fingerprint, run_fingerprint, write_fingerprint
 from compress.folding import CompressionRecord, fold
 from compress.guards import FiniteGuard, fidelity_collapse
-from compress.job import CompressionJob, attach
+from compress.generic import job_for
+from compress.job import CompressionJob
 from compress.methods.base import PruningMethod
 from compress.objective import with_layer_map, with_objective
 from compress.outputs import (
@@ -48,12 +52,16 @@ from compress.outputs import (
     remove_checkpoints,
     remove_stale_siblings,
 )
-from compress.recipe import Recipe, load_recipe
-from compress.sentence import read_pipeline
+from compress.recipe import Recipe, check_trainer_arguments, load_recipe
+from compress.report import base_macs
+from compress.sentence import MEAN_POOLING, SentencePipeline, is_sentence_transformer, sentence_encoder, teacher_pipeline
 from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
 from compress.training_data import TrainingData, training_data
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 #: the two training stages, by the name of their checkpoint folder
@@ -104,11 +112,25 @@ def prepare_output(out: Path, overwrite: bool, resume: bool, protected: list, fi
     return out
 
 
+#: TrainingArguments the run sets unless the recipe's ``trainer:`` section sets them
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",
+    "save_total_limit": 2,
+    "dataloader_num_workers": 0,
+    "logging_first_step": True,
+}
+
+
 def training_arguments(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) -> TrainingArguments:
-    """The Trainer's arguments for ``stage`` (``prune`` or ``finetune``) of ``recipe``."""
+    """The Trainer's arguments for ``stage`` (``prune`` or ``finetune``) of ``recipe``.
+
+    ``recipe.trainer`` is passed through over ``TRAINER_DEFAULTS``; the arguments set below come from
+    the recipe's own keys (the recipe refuses them in ``trainer:``, ``LIBRARY_TRAINING_ARGUMENTS``).
+    """
     train = recipe.train
     steps, lr = (train["max_steps"], train["lr"]) if stage == PRUNE else (recipe.finetune["max_steps"], recipe.finetune["lr"])
     return TrainingArguments(
+        **{**TRAINER_DEFAULTS, **recipe.trainer},
         output_dir=str(stage_dir),
         max_steps=steps,
         per_device_train_batch_size=train["batch_size"],
@@ -117,14 +139,10 @@ def training_arguments(recipe: Recipe, stage_dir: Path, stage: str, progress: bo
         warmup_steps=train["warmup_steps"],
         lr_scheduler_type="constant_with_warmup" if stage == PRUNE else "linear",
         logging_steps=train["logging_steps"],
-        logging_first_step=True,
         save_steps=train["save_steps"],
-        save_total_limit=2,
-        report_to="none",
         seed=train["seed"],
         data_seed=train["seed"],
         disable_tqdm=not progress,
-        dataloader_num_workers=0,
         # Without use_cpu, transformers does not start DDP on a CPU-only machine under torchrun.
         use_cpu=not torch.cuda.is_available(),
         # The distillation heads and multipliers are used outside the model's forward; every trainable
@@ -134,6 +152,18 @@ def training_arguments(recipe: Recipe, stage_dir: Path, stage: str, progress: bo
         # differ in length from rank to rank, so rank 0 cannot fetch and concatenate them all.
         accelerator_config={"dispatch_batches": False},
     )
+
+
+def check_trainer_section(recipe: Recipe) -> None:
+    """Build both stages' arguments once, so a ``trainer:`` value transformers refuses fails before any loading."""
+    if not recipe.trainer:
+        return
+    try:
+        for stage in (PRUNE, FINETUNE):
+            args = training_arguments(recipe, Path(f"{recipe.name}-check"), stage, progress=False)
+        get_reporting_integration_callbacks(args.report_to)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{recipe.source}: transformers refuses the trainer section {recipe.trainer}: {err}") from err
 
 
 def last_complete_checkpoint(stage_dir: Path) -> str | None:
@@ -205,7 +235,10 @@ def _relation_layers(job: CompressionJob, student: torch.nn.Module) -> tuple[lis
     return [job.adapter.attention_projections(s) for s, _ in pairs], [job.adapter.attention_projections(t) for _, t in pairs]
 
 
-def _load_teacher(teacher: PreTrainedModel | str | Path | None, processor: Any) -> tuple[PreTrainedModel, Any]:
+def _load_teacher(teacher: Any, processor: Any) -> tuple[PreTrainedModel, Any]:
+    """The Hugging Face teacher and its processor: a model object, a SentenceTransformer's encoder, or a folder's."""
+    if is_sentence_transformer(teacher):
+        return sentence_encoder(teacher), processor if processor is not None else teacher.tokenizer
     if isinstance(teacher, PreTrainedModel):
         return teacher, processor
     return load_teacher(teacher, processor=processor)
@@ -225,8 +258,10 @@ class Run:
     resume: bool = False
     progress: bool = True
     keep_checkpoints: bool = False
-    #: the teacher's folder (None for a model object): a sentence-transformers pipeline there is carried over
+    #: the teacher's folder (None for a model object)
     teacher_dir: Path | None = None
+    #: the teacher's sentence-transformers pipeline (folder or object): carried over to the student folder
+    pipeline: SentencePipeline | None = None
     stopper: StopOnSignal = field(default_factory=StopOnSignal)
     started: float = field(default_factory=time.perf_counter)
     logs: dict[str, list[dict]] = field(default_factory=dict)
@@ -269,7 +304,7 @@ def check_before_training(recipe: Recipe, job: CompressionJob, teacher: PreTrain
 
 def setup(
     recipe: Recipe | str | Path,
-    teacher: PreTrainedModel | str | Path | None = None,
+    teacher: PreTrainedModel | SentenceTransformer | str | Path | None = None,
     data: str | Path | None = None,
     out: str | Path | None = None,
     processor: Any = None,
@@ -278,27 +313,41 @@ def setup(
     resume: bool = False,
     progress: bool = True,
     keep_checkpoints: bool = False,
+    training_args: Mapping[str, Any] | None = None,
+    generic: bool = False,
 ) -> Run:
     """Check everything that can be checked, load the teacher and the data, attach the recipe's method.
 
-    The output folder is checked first (nothing is trained for a folder the run could not write); the
-    resume state is checked against the recipe, teacher and data once they are loaded.
+    ``teacher`` is a model folder (default: MiniLM), a model, or a ``SentenceTransformer`` (its encoder,
+    tokenizer, pooling and length are used as its folder's would be; the student folder gets its pipeline).
+    ``training_args`` (``transformers.TrainingArguments`` names) are merged over the recipe's
+    ``trainer:`` section, so compression.json records them with it. The output folder is checked first
+    (nothing is trained for a folder the run could not write); the resume state is checked against the
+    recipe, teacher and data once they are loaded. ``generic`` prunes on the generic path (FFN units only,
+    ``compress.generic``) even when a family adapter fits; without it the generic path is chosen, with a
+    notice, only when none does.
     """
     started = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if overrides:
         recipe = recipe.override(overrides)
-    if teacher is None and recipe.family != "bert":
+    if training_args:
+        check_trainer_arguments(training_args, "training_args", "compress.run")
+        recipe = recipe.override({"trainer": {**recipe.trainer, **training_args}})
+    check_trainer_section(recipe)
+    if teacher is None and not recipe_fits(recipe.family, "bert"):
         raise RecipeError(
             f"recipe {recipe.name!r} compresses {recipe.family} models, and without a teacher the teacher is the "
             f"bundled MiniLM (bert): pass a {recipe.family} model folder with --teacher PATH (teacher=...)"
         )
     out = Path(out) if out is not None else Path(f"{recipe.name}-student")
-    teacher_dir = None if isinstance(teacher, PreTrainedModel) else (teacher or default_teacher_path())
+    is_object = isinstance(teacher, PreTrainedModel) or is_sentence_transformer(teacher)
+    teacher_dir = None if is_object else (teacher or default_teacher_path())
     protected = _local_paths(teacher_dir, data)
     if is_main_process():
         check_output_path(out, protected, overwrite=overwrite or resume)
-    read_pipeline(teacher_dir)  # a sentence-transformers module the student cannot carry is refused now, not at export
+    # A sentence-transformers module the student cannot carry is refused now, not at export.
+    pipeline = teacher_pipeline(teacher if is_object else teacher_dir)
     teacher, processor = _load_teacher(teacher, processor)
     trains = recipe.train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
     if processor is None and trains:
@@ -310,9 +359,12 @@ def setup(
     set_seed(recipe.train["seed"])
     modality = modality_of(teacher)
     recipe = with_layer_map(with_objective(recipe, teacher, modality), teacher.config.num_hidden_layers)
-    job = attach(teacher, recipe)  # before the data: a recipe of another family fails fast, naming the mismatch
+    # Before the data: a recipe of another family, or one the generic path cannot run, fails fast.
+    job = job_for(teacher, recipe, generic, asked_axes=(overrides or {}).get("prune.axes"))
+    recipe = job.recipe  # the generic path narrows prune.axes: the run, its fingerprint and record use that
+    job.target.check_reachable(job.gated)  # a target the axes cannot meet is refused before any step
     check_before_training(recipe, job, teacher)
-    prepared = training_data(recipe, modality, processor, data)
+    prepared = training_data(recipe, modality, processor, data, pipeline.pooling if pipeline else MEAN_POOLING)
     if trains and 0 < prepared.held_out_count < MIN_FIDELITY_ITEMS:
         raise DataError(
             f"the held-out split has {prepared.held_out_count} {prepared.held_out_name.replace('_', ' ')}, and fidelity "
@@ -325,7 +377,7 @@ def setup(
     distillation = DistillationLoss(recipe.distill, width, width)
     return Run(
         recipe, teacher, processor, out, job, prepared, distillation, resume, progress, keep_checkpoints,
-        teacher_dir=Path(teacher_dir) if teacher_dir is not None else None, started=started,
+        teacher_dir=Path(teacher_dir) if teacher_dir is not None else None, pipeline=pipeline, started=started,
     )
 
 
@@ -397,6 +449,8 @@ def fold_stage(run: Run) -> None:
     _warn(run, structure_warnings(run.record.structure, run.job.target_sparsity()))
     if run.data.fidelity:
         run.metrics["fidelity_after_prune"] = run.data.fidelity(run.teacher, run.student)
+        if run.data.pooling is not None:  # how both models embedded the texts for the fidelity figures
+            run.metrics["pooling"] = run.data.pooling.to_dict()
 
 
 def finetune_stage(run: Run) -> None:
@@ -412,9 +466,30 @@ def finetune_stage(run: Run) -> None:
         run.metrics["fidelity_after_finetune"] = run.data.fidelity(run.teacher, run.student)
 
 
+#: where TensorBoard event files (``trainer.report_to: tensorboard``) go in the student folder, one folder a stage
+RUNS_DIR = "runs"
+
+
+def _copy_event_files(out: Path, student_dir: Path) -> None:
+    """Copy each stage's TensorBoard runs (the Trainer writes them into its checkpoint folder) into the student.
+
+    The checkpoints are removed after export; ``OUT/runs/<stage>`` is where the Hub and ``tensorboard
+    --logdir OUT/runs`` look for them.
+    """
+    for stage in (PRUNE, FINETUNE):
+        runs = checkpoints_dir(out) / stage / RUNS_DIR
+        if runs.is_dir():
+            shutil.copytree(runs, student_dir / RUNS_DIR / stage)
+
+
 def export_stage(run: Run) -> Path:
-    """Write the student to ``OUT`` (staged beside it, moved into place when complete); drop the checkpoints."""
+    """Write the student to ``OUT`` (staged beside it, moved into place when complete); drop the checkpoints.
+
+    The record gets the MACs of teacher and student (``compress.report.base_macs``).
+    """
     run.metrics.update(target_sparsity=run.job.target_sparsity(), minutes=(time.perf_counter() - run.started) / 60)
+    (teacher_macs, student_macs), unit = base_macs(run.teacher, run.student)
+    run.metrics["macs"] = {"teacher": teacher_macs, "student": student_macs, "unit": unit}
     run.metrics[run.data.held_out_name] = run.data.held_out_count
     before, after = run.metrics.get("fidelity_after_prune"), run.metrics.get("fidelity_after_finetune")
     collapse = fidelity_collapse(before, after) if before is not None and after is not None else None
@@ -422,8 +497,9 @@ def export_stage(run: Run) -> Path:
     run.record.metrics.update(run.metrics)
     if is_main_process():
         with StagedOutput(run.out) as staged:
-            write_student(run.student, staged.path, run.processor, run.record, sentence_from=run.teacher_dir)
+            write_student(run.student, staged.path, run.processor, run.record, sentence_from=run.pipeline)
             (staged.path / TRAINING_LOG_FILE).write_text(json.dumps(run.logs, indent=2) + "\n", encoding="utf-8")
+            _copy_event_files(run.out, staged.path)
             staged.commit()
         if not run.keep_checkpoints:
             remove_checkpoints(run.out)
@@ -442,6 +518,8 @@ def run(recipe: Recipe | str | Path, **options: Any) -> Path:
     ``python-docs`` corpus) or for a speech teacher (HuBERT, wav2vec2) ``data.audio``: audio files or
     a dataset with an audio column. Returns the output folder, which holds the student (loadable with
     ``AutoModel.from_pretrained``), its tokenizer or feature extractor and ``compression.json``.
+    ``training_args={"report_to": "tensorboard", "bf16": True}`` passes ``TrainingArguments`` through
+    to both training stages, over the recipe's ``trainer:`` section.
     """
     state = setup(recipe, **options)
     for stage in STAGES:

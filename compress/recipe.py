@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import importlib.resources
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,7 +13,7 @@ from typing import Any
 import yaml
 
 from compress.errors import RecipeError
-from compress.families import AXIS_KINDS, FAMILIES
+from compress.families import AUTO, AXIS_KINDS, FAMILIES, recipe_fits
 from compress.methods import method_names, settings_fragments
 from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_open, merge_fragment, one_of, positive
 from compress.schema import unknown_key, validate
@@ -19,6 +22,70 @@ from pruners import schedules
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
 #: the package whose data files are the bundled recipes (the repository's top-level recipes/ folder)
 BUNDLED = "compress.recipes"
+
+_EVALUATES_ITSELF = (
+    "the Trainer has no evaluation set: the run measures fidelity on the held-out split (data.held_out) after each stage"
+)
+#: TrainingArguments the training stages set themselves, refused in ``trainer:`` with where each belongs
+LIBRARY_TRAINING_ARGUMENTS: dict[str, str] = {
+    "output_dir": "set --out (out=...) instead; each stage checkpoints into OUT.checkpoints/<stage>",
+    "max_steps": "set train.max_steps (finetune.max_steps for the fine-tuning stage) in the recipe instead",
+    "num_train_epochs": "training is counted in steps: set train.max_steps (finetune.max_steps) in the recipe instead",
+    "learning_rate": "set train.lr (finetune.lr for the fine-tuning stage) in the recipe instead",
+    "lr_scheduler_type": "each stage sets its own (constant after warm-up while pruning, linear decay while fine-tuning)",
+    "warmup_steps": "set train.warmup_steps in the recipe instead",
+    "per_device_train_batch_size": "set train.batch_size in the recipe instead",
+    "gradient_accumulation_steps": "set train.grad_accum in the recipe instead",
+    "logging_steps": "set train.logging_steps in the recipe instead",
+    "logging_strategy": "the run logs every train.logging_steps steps (training_log.json); set train.logging_steps instead",
+    "save_steps": "set train.save_steps in the recipe instead",
+    "save_strategy": "--resume continues from the checkpoints taken every train.save_steps steps; set train.save_steps instead",
+    "save_only_model": "--resume needs the optimiser and scheduler state every checkpoint holds",
+    "resume_from_checkpoint": "pass --resume (resume=True) instead",
+    "eval_strategy": _EVALUATES_ITSELF,
+    "eval_steps": _EVALUATES_ITSELF,
+    "eval_on_start": _EVALUATES_ITSELF,
+    "load_best_model_at_end": _EVALUATES_ITSELF,
+    "seed": "set train.seed in the recipe instead",
+    "data_seed": "set train.seed in the recipe instead",
+    "disable_tqdm": "pass --no-progress (progress=False) instead",
+    "use_cpu": "the run trains on CUDA when there is a GPU, else on the CPU; hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU",
+    "ddp_find_unused_parameters": "the run sets it to False: every trainable parameter gets a gradient each step (DDP checks that)",
+    "accelerator_config": "the run sets dispatch_batches=False: under DDP every rank reads its own batches",
+    "push_to_hub": "it would push the training checkpoints; push the exported student instead "
+    "(AutoModel.from_pretrained(OUT, trust_remote_code=True).push_to_hub(...))",
+    # not a TrainingArguments field in transformers 5, and the first thing a TensorBoard user reaches for
+    "logging_dir": "transformers 5 has no logging_dir: with report_to tensorboard the event files are copied into "
+    "OUT/runs/<stage>; set the TENSORBOARD_LOGGING_DIR environment variable to write them elsewhere",
+}
+
+
+def check_trainer_arguments(values: Mapping[str, Any], where: str, source: str) -> None:
+    """Refuse passthrough TrainingArguments the run sets itself (naming where they belong) or that do not exist.
+
+    Unknown names get close matches. Values must be plain (YAML / JSON) data: compression.json records them.
+    transformers is imported only for a non-empty mapping, so ``compress recipes`` stays torch-free.
+    """
+    if not values:
+        return
+    from transformers import TrainingArguments
+
+    names = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+    for key, value in values.items():
+        full = f"{where}.{key}"
+        if key in LIBRARY_TRAINING_ARGUMENTS:
+            raise RecipeError(f"{source}: {full}: {LIBRARY_TRAINING_ARGUMENTS[key]}")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise RecipeError(f"{source}: {full} is not a transformers TrainingArguments field{hint}")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise RecipeError(
+                f"{source}: {full} = {value!r} is not plain data; compression.json records it, so pass strings, "
+                "numbers, booleans, lists or mappings"
+            ) from None
 
 
 def _axis_kinds(v: list) -> str | None:
@@ -60,7 +127,7 @@ def _schedule(v: Any) -> str | None:
 
 SCHEMA: dict[str, Any] = {
     "name": Field(STR),
-    "family": Field(STR, "bert", check=one_of(tuple(FAMILIES))),
+    "family": Field(STR, "bert", check=one_of((*FAMILIES, AUTO))),
     "prune": {
         "method": Field(STR, "l0", check=one_of(method_names())),
         "axes": Field((list,), None, nullable=True, check=_axis_kinds),  # null: the family's default axes
@@ -109,6 +176,8 @@ SCHEMA: dict[str, Any] = {
         "max_seconds": Field(FLOAT, 15.0, check=positive),
     },
     "export": {"format": Field(STR, "auto", check=one_of(EXPORT_FORMATS))},
+    # passed through to transformers.TrainingArguments of both training stages (check_trainer_arguments)
+    "trainer": Field((dict,), {}),
 }
 # Each method's own keys (L0's gate learning rate, WID's compactors, ...) come from its registration.
 for _owner, _fragment in settings_fragments():
@@ -142,6 +211,8 @@ def _check_target(data: dict[str, Any], source: str) -> None:
 def _check_family_axes(data: dict[str, Any], source: str) -> None:
     """Refuse axis kinds the recipe's family does not have (conv for text) or cannot prune (hidden for speech)."""
     family, axes = data["family"], data["prune"]["axes"]
+    if family == AUTO:  # checked once the teacher's family is known (Recipe.for_family)
+        return
     allowed = FAMILIES[family].axis_kinds
     bad = [k for k in axes if k not in allowed]
     if bad:
@@ -157,10 +228,11 @@ class Recipe:
     def __init__(self, data: Mapping[str, Any], source: str = "recipe") -> None:
         self.source = source
         self._data = validate(data, SCHEMA, "", source)
-        if self._data["prune"]["axes"] is None:
-            self._data["prune"]["axes"] = FAMILIES[self._data["family"]].default_axes
+        if self._data["prune"]["axes"] is None and self.family != AUTO:
+            self._data["prune"]["axes"] = FAMILIES[self.family].default_axes
         _check_target(self._data, source)
         _check_family_axes(self._data, source)
+        check_trainer_arguments(self._data["trainer"], "trainer", source)
 
     @property
     def name(self) -> str:
@@ -169,6 +241,24 @@ class Recipe:
     @property
     def family(self) -> str:
         return self._data["family"]
+
+    def for_family(self, family: str) -> Recipe:
+        """This recipe for a teacher of ``family``: ``auto`` and group names (``bert``) resolve to it.
+
+        A group's families share their axis kinds (compress/families.py), so axes filled in from the
+        group's defaults fit. Refuses a recipe written for another family, naming both.
+        """
+        if not recipe_fits(self.family, family):
+            group = FAMILIES[family].group if family in FAMILIES else family
+            raise RecipeError(
+                f"recipe {self.name!r} is for family {self.family!r} but the teacher is {family!r}; use a {group} "
+                f"recipe (or family: auto), or pass family={family} as an override"
+            )
+        if family == self.family:
+            return self
+        data = self.to_dict()
+        data["family"] = family
+        return Recipe(data, source=self.source)
 
     def __getattr__(self, section: str) -> dict[str, Any]:
         if section.startswith("_") or section not in SCHEMA:

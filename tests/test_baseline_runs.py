@@ -34,6 +34,7 @@ def _falls(losses: list[float]) -> bool:
     return sum(losses[-3:]) < sum(losses[:3])
 
 
+@pytest.mark.slow  # minutes-long on 2 cores; CI runs it in its -m slow pass
 def test_iterative_magnitude_run_prunes_between_distillation_steps(teacher_dir, tmp_path):
     schedule = {"kind": "step", "n_steps": 3, "start_step": 0, "end_step": 9}
     out = compress.run("bert-magnitude", teacher=teacher_dir, out=tmp_path / "run",

@@ -27,6 +27,7 @@ def _compress(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 ONE_SHOT = ("train.max_steps=0", "finetune.max_steps=0")
 
 
+@pytest.mark.slow  # minutes-long on 2 cores; CI runs it in its -m slow pass
 def test_run_default_teacher_writes_a_loadable_half_size_student(tmp_path, minilm, sentences):
     proc = _compress("run", "bert-l0", "--out", "student", *ONE_SHOT, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

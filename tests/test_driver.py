@@ -99,7 +99,7 @@ def _student_tensors(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
 def test_interrupted_run_resumes_to_the_same_student(tiny_teacher_dir, tmp_path, signum):
     args = ["run", "bert-l0", "--teacher", str(tiny_teacher_dir), *_overrides()]
     reference = subprocess.run([SCRIPT, *args, "--out", "reference"], cwd=tmp_path, env=offline_env(), capture_output=True, text=True)
@@ -126,11 +126,24 @@ def test_interrupted_run_resumes_to_the_same_student(tiny_teacher_dir, tmp_path,
     assert kept[0] == kept[1]
 
 
-def test_two_process_ddp(tiny_teacher_dir, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631"]
+#: two CPU processes under each launcher the README documents (own ports, so both may run at once);
+#: accelerate's --multi_gpu is its torch.distributed launcher, which runs on CPUs too (gloo)
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29631"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29633"],
+}
+
+
+# Both launchers are slow-marked (a minute or more on 2 cores): CI runs them in its -m slow pass.
+@pytest.mark.parametrize("launcher", [pytest.param(n, marks=pytest.mark.slow) for n in ("torchrun", "accelerate")])
+def test_two_process_ddp(launcher, tiny_teacher_dir, tmp_path):
+    launch = LAUNCHERS[launcher]
+    # an empty HF_HOME: no accelerate config file of the machine's user changes the launch
+    env = {**offline_env(), "HF_HOME": str(tmp_path / "hf-home")}
     example = subprocess.run(
-        [*torchrun, str(ROOT / "examples/trainer_script.py"), "--tiny", "--steps", "4", "--out", "ex", "--dump-gates"],
-        cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=600,
+        [*launch, str(ROOT / "examples/trainer_script.py"), "--tiny", "--steps", "4", "--out", "ex", "--dump-gates"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert example.returncode == 0, example.stderr[-3000:]
     ranks = [load_file(tmp_path / f"ex/gates-rank{r}.safetensors") for r in (0, 1)]
@@ -141,9 +154,9 @@ def test_two_process_ddp(tiny_teacher_dir, tmp_path):
     assert example.stdout.count("encoder parameters:") == 1, "only rank 0 folds and exports"
 
     pipeline = subprocess.run(
-        [*torchrun, "-m", "compress.cli", "run", "bert-l0", "--teacher", str(tiny_teacher_dir), "--out", "run",
+        [*launch, "-m", "compress.cli", "run", "bert-l0", "--teacher", str(tiny_teacher_dir), "--out", "run",
          *_overrides({"train.max_steps": 6, "finetune.max_steps": 2})],
-        cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert pipeline.returncode == 0, pipeline.stderr[-3000:]
     assert pipeline.stdout.count("student written to run") == 1

@@ -32,7 +32,7 @@ def test_uniform_minilm_student_is_stock_bert_and_loads_without_compress(minilm,
     record = json.loads((out / "compression.json").read_text())
     assert record["format"] == "stock" and record["student_parameters"] == job.structure().parameters
     assert record["structure"]["sizes"]["hidden"] == 256 and record["recipe"]["name"] == "bert-l0"
-    assert record["teacher"].endswith("model")
+    assert record["teacher"] == "sentence-transformers/all-MiniLM-L6-v2" and record["teacher_path"].endswith("model")
     # The tokenizer travels with the student and still tokenises the same way.
     reloaded = transformers.AutoTokenizer.from_pretrained(out)
     assert reloaded(sentences)["input_ids"] == tokenizer(sentences)["input_ids"]

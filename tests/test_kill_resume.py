@@ -93,7 +93,8 @@ def reference(tiny_teacher_dir, tmp_path_factory) -> Path:
     return cwd / "student"
 
 
-@pytest.mark.parametrize("point", POINTS)
+# One kill point in the default run; the others run with -m slow.
+@pytest.mark.parametrize("point", [p if p == "export" else pytest.param(p, marks=pytest.mark.slow) for p in POINTS])
 def test_killed_overwrite_run_keeps_the_old_student_and_resumes_to_the_same_student(reference, tiny_teacher_dir, tmp_path, point):
     old = tmp_path / "student"
     shutil.copytree(reference, old)

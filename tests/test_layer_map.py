@@ -22,7 +22,7 @@ def test_auto_maps_evenly_spaced_states_with_the_embeddings_and_the_last_layer()
         auto_layer_map(0)
 
 
-@pytest.mark.parametrize("layers", [12, 3])
+@pytest.mark.parametrize("layers", [pytest.param(12, marks=pytest.mark.slow), 3])  # 12 layers: slow
 def test_every_student_layer_trains_in_stage_1_at_any_depth(minilm, tmp_path, layers):
     """A 12-layer teacher used to get MiniLM's map, so layers 7-12 never changed; a 3-layer one crashed."""
     teacher_dir = save_tiny_teacher(tmp_path / "teacher", minilm[1], layers=layers)

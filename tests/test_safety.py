@@ -133,6 +133,7 @@ def test_a_recipe_file_that_is_not_utf8_is_a_recipe_error(tmp_path):
 
 
 # -- 4. resume of a changed run ---------------------------------------------------------------
+@pytest.mark.slow  # minutes-long on 2 cores; CI runs it in its -m slow pass
 def test_resume_refuses_a_changed_recipe_naming_the_keys(tiny_teacher_dir, tmp_path):
     out = tmp_path / "s"
     _run(tiny_teacher_dir, out, keep_checkpoints=True)

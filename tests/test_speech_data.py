@@ -247,6 +247,7 @@ def test_two_process_ddp_speech_run(teacher_and_audio, tmp_path):
     assert transformers.AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True) is not None
 
 
+@pytest.mark.slow  # minutes-long on 2 cores; CI runs it in its -m slow pass
 def test_killed_speech_run_resumes_to_the_same_student(teacher_and_audio, tmp_path):
     """Killed mid-epoch (4 batches an epoch, a checkpoint every 3 steps), --resume ends with the same student."""
     teacher_dir, audio_dir = teacher_and_audio

@@ -59,6 +59,7 @@ def _quick(runs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # minutes-long on 2 cores; CI runs it in its -m slow pass
 def test_quick_suite_writes_rows_table_and_plots(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results"
     proc = _quick(runs, out)

@@ -5,12 +5,24 @@ from __future__ import annotations
 from torch import nn
 
 from compress.adapters.base import FamilyAdapter
-from compress.adapters.bert import BertAdapter
-from compress.adapters.speech import HubertAdapter, Wav2Vec2Adapter
+from compress.adapters.bert import (
+    BertAdapter,
+    CamembertAdapter,
+    DistilBertAdapter,
+    ElectraAdapter,
+    MPNetAdapter,
+    RobertaAdapter,
+    XLMRobertaAdapter,
+)
+from compress.adapters.speech import Data2VecAudioAdapter, HubertAdapter, Wav2Vec2Adapter, WavLMAdapter
 from compress.errors import UnsupportedModelError
 from compress.families import FAMILIES
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (BertAdapter, HubertAdapter, Wav2Vec2Adapter)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (
+    BertAdapter, RobertaAdapter, XLMRobertaAdapter, CamembertAdapter, ElectraAdapter, DistilBertAdapter, MPNetAdapter,
+    HubertAdapter, Wav2Vec2Adapter,
+    Data2VecAudioAdapter, WavLMAdapter,
+)
 
 
 def supported_models() -> str:
@@ -25,6 +37,13 @@ def adapter_for(model: nn.Module) -> type[FamilyAdapter]:
             return adapter
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if adapter.family == model_type:  # a family we know, with a head we do not
+            raise UnsupportedModelError(
+                f"cannot compress {type(model).__name__}: the {adapter.family} adapter does not know its head. "
+                f"Supported {adapter.family} classes: {', '.join(adapter.student_classes)}; load the teacher with one "
+                "of them (AutoModel for the bare encoder) and put the head back after compression"
+            )
     described = type(model).__name__ + (f" (model_type {model_type!r})" if model_type else "")
     raise UnsupportedModelError(
         f"cannot compress {described}: no adapter for it. Supported families and classes: "

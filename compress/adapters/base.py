@@ -76,8 +76,14 @@ class FamilyAdapter(ABC):
         """The teacher's size for each axis kind (per layer where the kind is per layer)."""
 
     @abstractmethod
-    def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
-        """The config of the student whose axes keep ``sizes`` units (stock or heterogeneous)."""
+    def student_config(
+        self, sizes: Mapping[str, int], stock: bool, kept: Mapping[str, torch.Tensor]
+    ) -> PretrainedConfig:
+        """The config of the student whose axes keep ``sizes`` units (stock or heterogeneous).
+
+        ``kept`` holds the kept unit indices per axis, for a student that must know which teacher
+        units it kept (WavLM's per-head position bias), not only how many.
+        """
 
     @abstractmethod
     def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:

@@ -1,10 +1,15 @@
-"""HuBERT and wav2vec2: axes of the convolutional feature extractor and the transformer encoder.
+"""HuBERT, wav2vec2, data2vec-audio and WavLM: axes of the convolutional feature extractor and the encoder.
 
-The two families have the same modules under the same names (``feature_extractor.conv_layers``,
-``feature_projection``, ``encoder.layers.{i}.attention`` / ``feed_forward``); they differ only in
-their family name, their classes and their heterogeneous student config, which ``HubertAdapter``
-and ``Wav2Vec2Adapter`` name. Encoder layers get their axes from ``compress.adapters.layers``, as
-BERT's do.
+The families have the same modules under the same names (``feature_extractor.conv_layers``,
+``feature_projection``, ``encoder.layers.{i}.attention`` / ``feed_forward``); they differ in their
+family name, their classes and their heterogeneous student config, which each adapter names, and:
+
+- data2vec-audio puts a LayerNorm after every conv (``layer`` extractors below, whatever the config
+  says) and is post-LN only; its positional embedding is a stack of convolutions over the residual
+  stream, which no axis slices (see below).
+- WavLM's attention has a gated relative position bias per head (``WavLMAdapter``).
+
+Encoder layers get their axes from ``compress.adapters.layers``, as BERT's do.
 
 Conv channel gates (``conv.{j}``) and where they fold:
 
@@ -30,12 +35,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
+from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.models.hubert.modeling_hubert import eager_attention_forward
+from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
 from compress.adapters.layers import EncoderAdapter, LayerModules, encoder_layer_axes, linear_dims
 from compress.errors import TargetError, UnsupportedModelError
+from compress.students import modeling_compressed_data2vec_audio as data2vec_students
 from compress.students import modeling_compressed_hubert as students
-from reparam import Axis, GateSite, TensorDim
+from compress.students import modeling_compressed_wavlm as wavlm_students
+from reparam import Axis, GateSite, TensorDim, layer_axis_name
 
 #: Config entries that describe the saved object rather than the architecture.
 _META_KEYS = (
@@ -79,6 +90,16 @@ class SpeechAdapter(EncoderAdapter):
                 "positional convolution (conv_pos_batch_norm=False, the HuBERT / wav2vec2 default)"
             )
 
+    @property
+    def conv_norm(self) -> str:
+        """``group`` (a GroupNorm after conv 0 only) or ``layer`` (a LayerNorm over channels after every conv)."""
+        return self.config.feat_extract_norm
+
+    @property
+    def pre_ln(self) -> bool:
+        """Whether encoder layers normalise their sublayers' inputs (``do_stable_layer_norm``) rather than outputs."""
+        return self.config.do_stable_layer_norm
+
     # -- axes ----------------------------------------------------------------------------
     def _conv(self, j: int) -> str:
         return f"{self.prefix}feature_extractor.conv_layers.{j}"
@@ -104,7 +125,7 @@ class SpeechAdapter(EncoderAdapter):
         for i in range(cfg.num_hidden_layers):
             modules = self.layer_modules(i)
             layer_axes = encoder_layer_axes(i, modules, cfg.num_attention_heads, self.head_dim, cfg.intermediate_size)
-            if cfg.do_stable_layer_norm:
+            if self.pre_ln:
                 # Pre-LN: each sublayer's input LayerNorm goes with the sublayer.
                 attention, _, mlp, _ = layer_axes
                 layer = self.layer_prefix(i).rstrip(".")
@@ -127,7 +148,7 @@ class SpeechAdapter(EncoderAdapter):
                 axis.normalisers.append(f"{projection}.layer_norm")
         else:
             axis.readers = [TensorDim(f"{self._conv(j + 1)}.conv.weight", 1)]
-        if cfg.feat_extract_norm == "layer":
+        if self.conv_norm == "layer":
             axis.normalisers.append(f"{conv}.layer_norm")
             axis.sites.append(GateSite(f"{conv}.layer_norm"))
         elif j == 0:
@@ -176,19 +197,22 @@ class SpeechAdapter(EncoderAdapter):
         sublayers = self.per_layer(sizes, "attention") + self.per_layer(sizes, "mlp")
         return all(sublayers) and heads == {self.config.num_attention_heads} and len(ffn) == 1 and min(ffn) > 0
 
-    def student_config(self, sizes: Mapping[str, int], stock: bool) -> PretrainedConfig:
+    def student_config(self, sizes: Mapping[str, int], stock: bool, kept: Mapping[str, Tensor]) -> PretrainedConfig:
         common = {k: v for k, v in self.config.to_dict().items() if k not in _META_KEYS}
         common["conv_dim"] = self._conv_dim(sizes)
         if stock:
             common["intermediate_size"] = sizes["layers.0.ffn"]
             return type(self.config)(**common)
-        return self.compressed_config(
-            layer_heads=self.per_layer(sizes, "heads"),
-            layer_intermediate_size=self.per_layer(sizes, "ffn"),
-            layer_attention=[bool(n) for n in self.per_layer(sizes, "attention")],
-            layer_mlp=[bool(n) for n in self.per_layer(sizes, "mlp")],
-            **common,
-        )
+        return self.compressed_config(**self.per_layer_fields(sizes, kept), **common)
+
+    def per_layer_fields(self, sizes: Mapping[str, int], kept: Mapping[str, Tensor]) -> dict[str, list]:
+        """The heterogeneous config's per-layer entries for a student keeping ``sizes`` (``kept``: their indices)."""
+        return {
+            "layer_heads": self.per_layer(sizes, "heads"),
+            "layer_intermediate_size": self.per_layer(sizes, "ffn"),
+            "layer_attention": [bool(n) for n in self.per_layer(sizes, "attention")],
+            "layer_mlp": [bool(n) for n in self.per_layer(sizes, "mlp")],
+        }
 
 
 class HubertAdapter(SpeechAdapter):
@@ -209,3 +233,75 @@ class Wav2Vec2Adapter(SpeechAdapter):
         "Wav2Vec2ForSequenceClassification": "CompressedWav2Vec2ForSequenceClassification",
     }
     compressed_config = students.CompressedWav2Vec2Config
+
+
+class Data2VecAudioAdapter(SpeechAdapter):
+    family = "data2vec-audio"
+    students = data2vec_students
+    student_classes = {
+        "Data2VecAudioModel": "CompressedData2VecAudioModel",
+        "Data2VecAudioForCTC": "CompressedData2VecAudioForCTC",
+        "Data2VecAudioForSequenceClassification": "CompressedData2VecAudioForSequenceClassification",
+    }
+    compressed_config = data2vec_students.CompressedData2VecAudioConfig
+    # Every conv has a LayerNorm over its channels, and the encoder is post-LN (the config names neither).
+    conv_norm = "layer"
+    pre_ln = False
+
+
+class _ModuleCallWavLMAttention(WavLMAttention):
+    """WavLM's attention computing what the stock one does, with its projections called as modules.
+
+    The stock attention hands the projections' weights to ``torch.nn.functional.multi_head_attention_forward``,
+    so hooks on them never run; here they do, and head and sublayer gates act at ``out_proj`` as in the other
+    families. Same parameters, same outputs (attention weights averaged over heads, as the stock ones are).
+    """
+
+    def torch_multi_head_self_attention(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, gated_position_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, _ = hidden_states.shape
+        mask = gated_position_bias.view(batch, self.num_heads, length, length)
+        if attention_mask is not None:
+            mask = mask.masked_fill(attention_mask.ne(1)[:, None, None, :], float("-inf"))
+        output, weights = students.project_and_attend(self, hidden_states, mask, eager_attention_forward)
+        return output, weights.mean(dim=1, keepdim=True).expand_as(weights)
+
+
+class WavLMAdapter(SpeechAdapter):
+    """WavLM: the speech axes, with each layer's position-bias gate owned by its attention sublayer.
+
+    Per-head tensors of the gated relative position bias (layer 0's table ``rel_attn_embed``, each layer's
+    ``gru_rel_pos_const``) keep every teacher head in the student, which indexes them with the heads a layer
+    keeps (``layer_head_index``, see ``compress.students.modeling_compressed_wavlm``), so heads are sliced
+    only in the projections; the fold is exact because a kept head reads the same bias as in the teacher.
+    """
+
+    family = "wavlm"
+    students = wavlm_students
+    student_classes = {
+        "WavLMModel": "CompressedWavLMModel",
+        "WavLMForCTC": "CompressedWavLMForCTC",
+        "WavLMForSequenceClassification": "CompressedWavLMForSequenceClassification",
+    }
+    compressed_config = wavlm_students.CompressedWavLMConfig
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model)
+        for module in model.modules():
+            if type(module) is WavLMAttention:
+                module.__class__ = _ModuleCallWavLMAttention
+
+    def axes(self, head_width: bool = False) -> list[Axis]:
+        axes = super().axes(head_width)
+        for axis in axes:
+            if axis.kind == "attention":
+                attention = f"{self.layer_prefix(axis.layer)}attention"
+                axis.owns += [f"{attention}.gru_rel_pos_const"]
+                axis.owns += [f"{attention}.gru_rel_pos_linear.{t}" for t in ("weight", "bias")]
+        return axes
+
+    def per_layer_fields(self, sizes: Mapping[str, int], kept: Mapping[str, Tensor]) -> dict[str, list]:
+        # Each kept head reads its own slice of the layer input and column of the position table: which, not how many.
+        heads = [kept[layer_axis_name(i, "heads")].tolist() for i in range(self.config.num_hidden_layers)]
+        return {**super().per_layer_fields(sizes, kept), "layer_head_index": heads}

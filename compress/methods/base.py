@@ -113,5 +113,9 @@ class PruningMethod:
         return FoldedStudent(student, gated.structure(), partial)
 
     def student_distillation(self, distillation: DistillationLoss) -> DistillationLoss:
-        """Stage 1's distillation loss adapted to the folded student (projections sliced to its kept hidden units)."""
-        return distillation.fold(self.gated.kept()["hidden"])
+        """Stage 1's distillation loss adapted to the folded student (projections sliced to its kept hidden units).
+
+        On the generic path there is no hidden axis: the residual stream is never pruned, so nothing changes.
+        """
+        kept = self.gated.kept()
+        return distillation.fold(kept["hidden"]) if "hidden" in kept else distillation

@@ -2,7 +2,9 @@
 
 ``modeling_compressed_bert.py`` and ``modeling_compressed_hubert.py`` (HuBERT and wav2vec2) are
 self-contained (torch + transformers only): export copies them beside the weights so
-``trust_remote_code=True`` loads a student without this library.
+``trust_remote_code=True`` loads a student without this library. The data2vec-audio and WavLM files
+import ``modeling_compressed_hubert`` (a relative import, which remote code resolves in the folder):
+export copies it beside them (``remote_code_for`` lists both).
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from transformers import (
     AutoModelForAudioClassification,
     AutoModelForCTC,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from compress.students import modeling_compressed_bert as bert
+from compress.students import modeling_compressed_data2vec_audio as data2vec
 from compress.students import modeling_compressed_hubert as speech
+from compress.students import modeling_compressed_wavlm as wavlm
 
 #: (config class, {Auto class name: model class}, the modeling file to copy on export)
 STUDENT_FAMILIES = [
@@ -31,6 +38,52 @@ STUDENT_FAMILIES = [
             "AutoModelForMaskedLM": bert.CompressedBertForMaskedLM,
             "AutoModelForSequenceClassification": bert.CompressedBertForSequenceClassification,
             "AutoModelForTokenClassification": bert.CompressedBertForTokenClassification,
+            "AutoModelForQuestionAnswering": bert.CompressedBertForQuestionAnswering,
+        },
+        Path(bert.__file__),
+    ),
+    (
+        bert.CompressedRobertaConfig,
+        {
+            "AutoModel": bert.CompressedRobertaModel,
+            "AutoModelForMaskedLM": bert.CompressedRobertaForMaskedLM,
+            "AutoModelForSequenceClassification": bert.CompressedRobertaForSequenceClassification,
+            "AutoModelForTokenClassification": bert.CompressedRobertaForTokenClassification,
+            "AutoModelForQuestionAnswering": bert.CompressedRobertaForQuestionAnswering,
+        },
+        Path(bert.__file__),
+    ),
+    (
+        bert.CompressedDistilBertConfig,
+        {
+            "AutoModel": bert.CompressedDistilBertModel,
+            "AutoModelForMaskedLM": bert.CompressedDistilBertForMaskedLM,
+            "AutoModelForSequenceClassification": bert.CompressedDistilBertForSequenceClassification,
+            "AutoModelForTokenClassification": bert.CompressedDistilBertForTokenClassification,
+            "AutoModelForQuestionAnswering": bert.CompressedDistilBertForQuestionAnswering,
+        },
+        Path(bert.__file__),
+    ),
+    (
+        bert.CompressedMPNetConfig,
+        {
+            "AutoModel": bert.CompressedMPNetModel,
+            "AutoModelForMaskedLM": bert.CompressedMPNetForMaskedLM,
+            "AutoModelForSequenceClassification": bert.CompressedMPNetForSequenceClassification,
+            "AutoModelForTokenClassification": bert.CompressedMPNetForTokenClassification,
+            "AutoModelForQuestionAnswering": bert.CompressedMPNetForQuestionAnswering,
+        },
+        Path(bert.__file__),
+    ),
+    (
+        bert.CompressedElectraConfig,
+        {
+            "AutoModel": bert.CompressedElectraModel,
+            "AutoModelForPreTraining": bert.CompressedElectraForPreTraining,
+            "AutoModelForMaskedLM": bert.CompressedElectraForMaskedLM,
+            "AutoModelForSequenceClassification": bert.CompressedElectraForSequenceClassification,
+            "AutoModelForTokenClassification": bert.CompressedElectraForTokenClassification,
+            "AutoModelForQuestionAnswering": bert.CompressedElectraForQuestionAnswering,
         },
         Path(bert.__file__),
     ),
@@ -52,6 +105,24 @@ STUDENT_FAMILIES = [
         },
         Path(speech.__file__),
     ),
+    (
+        data2vec.CompressedData2VecAudioConfig,
+        {
+            "AutoModel": data2vec.CompressedData2VecAudioModel,
+            "AutoModelForCTC": data2vec.CompressedData2VecAudioForCTC,
+            "AutoModelForAudioClassification": data2vec.CompressedData2VecAudioForSequenceClassification,
+        },
+        Path(data2vec.__file__),
+    ),
+    (
+        wavlm.CompressedWavLMConfig,
+        {
+            "AutoModel": wavlm.CompressedWavLMModel,
+            "AutoModelForCTC": wavlm.CompressedWavLMForCTC,
+            "AutoModelForAudioClassification": wavlm.CompressedWavLMForSequenceClassification,
+        },
+        Path(wavlm.__file__),
+    ),
 ]
 
 _AUTO = {
@@ -59,6 +130,8 @@ _AUTO = {
     "AutoModelForAudioClassification": AutoModelForAudioClassification,
     "AutoModelForCTC": AutoModelForCTC,
     "AutoModelForMaskedLM": AutoModelForMaskedLM,
+    "AutoModelForPreTraining": AutoModelForPreTraining,
+    "AutoModelForQuestionAnswering": AutoModelForQuestionAnswering,
     "AutoModelForSequenceClassification": AutoModelForSequenceClassification,
     "AutoModelForTokenClassification": AutoModelForTokenClassification,
 }
@@ -79,12 +152,19 @@ def register_students() -> None:
             model_cls.register_for_auto_class(auto_name)
 
 
-def remote_code_for(config_cls: type) -> tuple[dict[str, str], Path] | None:
-    """The ``auto_map`` and modeling file that let stock transformers load a heterogeneous student."""
+def remote_code_for(config_cls: type) -> tuple[dict[str, str], list[Path]] | None:
+    """The ``auto_map`` and modeling files that let stock transformers load a heterogeneous student.
+
+    The files are the family's modeling file and those it imports relatively (``from .modeling_... import``).
+    """
     for known, models, source in STUDENT_FAMILIES:
         if config_cls is known:
             module = source.stem
             auto_map = {"AutoConfig": f"{module}.{known.__name__}"}
             auto_map.update({auto: f"{module}.{cls.__name__}" for auto, cls in models.items()})
-            return auto_map, source
+            return auto_map, [source, *(Path(p) for p in get_relative_import_files(source))]
     return None
+
+
+# Importing this package registers the students (compress.autoregister imports it once transformers is in use).
+register_students()

@@ -7,6 +7,9 @@ per-layer encoder: the feature extractor, feature projection, positional convolu
 are transformers' own, and the encoder's submodule names match transformers' exactly, so a pruned state dict
 loads with ``strict=True``.
 
+``modeling_compressed_data2vec_audio`` and ``modeling_compressed_wavlm`` build on the per-layer layers and encoders
+here (``make_attention``, ``layer_class``, the ``encoders`` of ``_init_base``).
+
 The file is self-contained on purpose. It imports only ``torch`` and ``transformers`` so it can be copied alone
 next to a checkpoint and loaded with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where the
 library that wrote it is not installed.
@@ -129,22 +132,33 @@ class CompressedSpeechAttention(nn.Module):
         if self.num_heads == 0:
             # Every head was pruned but the sublayer kept: it adds the output projection's bias.
             return self.out_proj(hidden_states.new_zeros(*hidden_states.shape[:-1], 0)), None
-        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, hubert.eager_attention_forward)
-        context, weights = attend(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        return self.out_proj(context.reshape(*shape[:-2], -1).contiguous()), weights
+        return project_and_attend(self, hidden_states, attention_mask, attend, **kwargs)
+
+
+def project_and_attend(
+    module: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, attend, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``module``'s Q/K/V projections, ``attend`` (an attention interface) over its heads, its output projection.
+
+    Each projection is called as a module, so hooks on it see its input and output. ``module`` has
+    ``q_proj`` / ``k_proj`` / ``v_proj`` / ``out_proj``, ``head_dim``, ``scaling`` and ``dropout``.
+    """
+    shape = (*hidden_states.shape[:-1], -1, module.head_dim)
+    query = module.q_proj(hidden_states).view(shape).transpose(1, 2)
+    key = module.k_proj(hidden_states).view(shape).transpose(1, 2)
+    value = module.v_proj(hidden_states).view(shape).transpose(1, 2)
+    context, weights = attend(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=module.dropout if module.training else 0.0,
+        scaling=module.scaling,
+        **kwargs,
+    )
+    return module.out_proj(context.reshape(*shape[:-2], -1).contiguous()), weights
 
 
 class CompressedSpeechFeedForward(nn.Module):
@@ -167,28 +181,32 @@ class CompressedSpeechEncoderLayer(GradientCheckpointingLayer):
     """One encoder layer, post-LN or pre-LN (``do_stable_layer_norm``), whose sublayers may be missing.
 
     Post-LN layers keep both LayerNorms when a sublayer is removed (they sit on the residual stream); a pre-LN
-    sublayer's input LayerNorm goes with the sublayer.
+    sublayer's input LayerNorm goes with the sublayer. Families with their own attention override ``make_attention``.
     """
 
     def __init__(self, config: PretrainedConfig, index: int) -> None:
         super().__init__()
-        self.stable = config.do_stable_layer_norm
-        has_attention, has_mlp = config.layer_attention[index], config.layer_mlp[index]
-        self.attention = CompressedSpeechAttention(config, config.layer_heads[index]) if has_attention else None
+        self.stable = getattr(config, "do_stable_layer_norm", False)
+        self.has_attention, has_mlp = config.layer_attention[index], config.layer_mlp[index]
+        self.attention = self.make_attention(config, index) if self.has_attention else None
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.layer_norm = _layer_norm(config) if has_attention or not self.stable else None
+        self.layer_norm = _layer_norm(config) if self.has_attention or not self.stable else None
         self.feed_forward = CompressedSpeechFeedForward(config, config.layer_intermediate_size[index]) if has_mlp else None
         self.final_layer_norm = _layer_norm(config) if has_mlp or not self.stable else None
 
+    def make_attention(self, config: PretrainedConfig, index: int) -> nn.Module:
+        """Layer ``index``'s attention sublayer."""
+        return CompressedSpeechAttention(config, config.layer_heads[index])
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         if self.stable:
-            if self.attention is not None:
+            if self.has_attention:
                 attended, _ = self.attention(self.layer_norm(hidden_states), attention_mask=attention_mask, **kwargs)
                 hidden_states = hidden_states + self.dropout(attended)
             if self.feed_forward is not None:
                 hidden_states = hidden_states + self.feed_forward(self.final_layer_norm(hidden_states))
             return hidden_states
-        if self.attention is not None:
+        if self.has_attention:
             attended, _ = self.attention(hidden_states, attention_mask=attention_mask, **kwargs)
             hidden_states = hidden_states + self.dropout(attended)
         hidden_states = self.layer_norm(hidden_states)
@@ -203,12 +221,14 @@ def _init_encoder(encoder: nn.Module, config: PretrainedConfig, positional: type
     encoder.pos_conv_embed = positional(config)
     encoder.layer_norm = _layer_norm(config)
     encoder.dropout = nn.Dropout(config.hidden_dropout)
-    encoder.layers = nn.ModuleList(CompressedSpeechEncoderLayer(config, i) for i in range(config.num_hidden_layers))
+    encoder.layers = nn.ModuleList(encoder.layer_class(config, i) for i in range(config.num_hidden_layers))
     encoder.gradient_checkpointing = False
 
 
 class CompressedSpeechEncoder(hubert.HubertEncoder):
     """Post-LN encoder (the stock forward, which is the same for HuBERT and wav2vec2) with per-layer layers."""
+
+    layer_class = CompressedSpeechEncoderLayer
 
     def __init__(self, config: PretrainedConfig, positional: type[nn.Module]) -> None:
         nn.Module.__init__(self)
@@ -217,6 +237,8 @@ class CompressedSpeechEncoder(hubert.HubertEncoder):
 
 class CompressedSpeechEncoderStableLayerNorm(hubert.HubertEncoderStableLayerNorm):
     """Pre-LN encoder (``do_stable_layer_norm``) with per-layer layers."""
+
+    layer_class = CompressedSpeechEncoderLayer
 
     def __init__(self, config: PretrainedConfig, positional: type[nn.Module]) -> None:
         nn.Module.__init__(self)
@@ -239,15 +261,24 @@ _WAV2VEC2_PARTS = (
 )
 
 
-def _init_base(model: PreTrainedModel, config: PretrainedConfig, parts: tuple[type[nn.Module], ...]) -> None:
-    """The stock base model's modules (the family's ``parts``) with the per-layer encoder."""
+#: the per-layer encoders, post-LN and pre-LN (``do_stable_layer_norm``)
+_ENCODERS = (CompressedSpeechEncoder, CompressedSpeechEncoderStableLayerNorm)
+
+
+def _init_base(
+    model: PreTrainedModel,
+    config: PretrainedConfig,
+    parts: tuple[type[nn.Module], ...],
+    encoders: tuple[type[nn.Module], type[nn.Module]] = _ENCODERS,
+) -> None:
+    """The stock base model's modules (the family's ``parts``) with the per-layer encoder (one of ``encoders``)."""
     feature_encoder, feature_projection, positional = parts
     model.feature_extractor = feature_encoder(config)
     model.feature_projection = feature_projection(config)
     if config.mask_time_prob > 0.0 or config.mask_feature_prob > 0.0:
         model.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
-    encoder = CompressedSpeechEncoderStableLayerNorm if config.do_stable_layer_norm else CompressedSpeechEncoder
-    model.encoder = encoder(config, positional)
+    post_ln, pre_ln = encoders
+    model.encoder = (pre_ln if getattr(config, "do_stable_layer_norm", False) else post_ln)(config, positional)
 
 
 def _init_ctc_head(model: PreTrainedModel, config: PretrainedConfig, base: type[PreTrainedModel], target_lang) -> None:
