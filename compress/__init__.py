@@ -34,6 +34,7 @@ _LAZY = {
     "bundled_recipes": "compress.recipe",
     "load_recipe": "compress.recipe",
     "Structure": "compress.structure",
+    "prune_vocabulary": "compress.vocabulary",
 }
 
 __all__ = ["CompressError", "OutputDirError", "RecipeError", "TargetError", "UnsupportedModelError", *_LAZY]

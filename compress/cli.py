@@ -1,10 +1,11 @@
-"""The ``compress`` command: ``compress run RECIPE ...``, ``compress report DIR``, ``compress export DIR --onnx``
-and ``compress recipes``."""
+"""The ``compress`` command: ``compress run RECIPE ...``, ``compress report DIR``, ``compress export DIR --onnx``,
+``compress prune-vocab DIR --data CORPUS --out OUT`` and ``compress recipes``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def _parse_override(text: str) -> tuple[str, object]:
 def _cmd_run(args: argparse.Namespace) -> int:
     # Training and export load torch, transformers and datasets: only the commands that need them import them.
     from compress.export import RECORD_FILE
+    from compress.outputs import SUMMARY_MARKER
     from compress.pipeline import is_main_process, run
     from compress.report import fidelity_line
 
@@ -35,8 +37,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if not is_main_process():
         return 0
-    record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
     shown = args.out or out.name  # as the user named it (the run resolves it)
+    if (Path(out) / SUMMARY_MARKER).is_file():
+        print(sizes_table(json.loads((Path(out) / SUMMARY_MARKER).read_text(encoding="utf-8")), shown))
+        return 0
+    record = json.loads((Path(out) / RECORD_FILE).read_text(encoding="utf-8"))
     print(f"student written to {shown} ({record['format']} config, model_type {record['model_type']})")
     print(Structure.from_dict(record["structure"]).summary())
     fidelity = fidelity_line(record.get("metrics", {}))
@@ -45,6 +50,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for warning in record.get("metrics", {}).get("warnings", []):
         print(f"compress: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def sizes_table(summary: dict, shown: str) -> str:
+    """The students of a multi-size run (its ``students.json``), one line each."""
+    lines = [f"{len(summary['students'])} students written to {shown} in {summary['minutes']:.1f} min:"]
+    lines.append(f"{'folder':16s} {'encoder removed':>15s} {'parameters':>12s} {'MACs ratio':>10s} {'fidelity':>9s}")
+    for row in summary["students"]:
+        fidelity = row.get("fidelity_after_finetune", row.get("fidelity_after_prune"))
+        shown_fidelity = f"{fidelity:9.3f}" if fidelity is not None else f"{'-':>9s}"
+        lines.append(
+            f"{row['folder']:16s} {row['encoder_sparsity']:15.1%} {row['parameters']:12,d} "
+            f"{row['macs_ratio']:10.3f} {shown_fidelity}"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
@@ -71,6 +90,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from compress.onnx_export import export_onnx
 
     print(export_onnx(args.dir, quantize=args.quantize, overwrite=args.overwrite, data=args.data).text())
+    return 0
+
+
+def _weights_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e6
+
+
+def _cmd_prune_vocab(args: argparse.Namespace) -> int:
+    from compress.export import RECORD_FILE
+    from compress.vocabulary import RECORD_KEY, prune_vocabulary
+
+    out = prune_vocabulary(
+        args.dir, args.data, args.out, min_count=args.min_count, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    kept = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))[RECORD_KEY]
+    print(
+        f"vocabulary pruned: {kept['original_size']:,} -> {kept['kept_size']:,} embedding rows, weights "
+        f"{_weights_mb(Path(args.dir)):.1f} MB -> {_weights_mb(out):.1f} MB; student written to {args.out}"
+    )
     return 0
 
 
@@ -115,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "is used as the run split its data (default for text: the run's data.text corpus)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR/onnx")
     export.set_defaults(func=_cmd_export)
+    vocab = sub.add_parser("prune-vocab", help="copy a text student keeping only the tokens a corpus uses (smaller "
+                           "embeddings and MLM decoder, a matching WordPiece tokenizer)")
+    vocab.add_argument("dir", help="a student folder written by `compress run` (holds compression.json)")
+    vocab.add_argument("--data", required=True, help="the corpus whose tokens are kept: a .txt/.jsonl/.csv/.parquet "
+                       "file, a save_to_disk folder, a hub dataset id, or python-docs (the built-in corpus)")
+    vocab.add_argument("--out", required=True, help="output folder for the pruned student (never DIR itself)")
+    vocab.add_argument("--min-count", type=int, default=1,
+                       help="keep a token used at least this many times in the corpus (default 1: every used token)")
+    vocab.add_argument("--overwrite", action="store_true", help="replace an earlier student in --out once the new one is complete")
+    vocab.add_argument("--no-progress", action="store_true", help="no progress bars")
+    vocab.set_defaults(func=_cmd_prune_vocab)
     recipes = sub.add_parser("recipes", help="list the bundled recipes")
     recipes.set_defaults(func=_cmd_recipes)
     return parser
@@ -137,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except CompressError as err:
         print(f"compress: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (compress recipes | head): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream for the interpreter's exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""Distillation losses for pruning and folding: hidden states, logits, attention relations, task.
+"""Distillation losses for pruning and folding: hidden states, pooled embeddings, logits, attention relations, task.
 
 The student during pruning is a gated copy of the teacher (same widths, pruned hidden units exactly
 zero); after folding it is a smaller dense model that keeps a subset ``kept`` of the teacher's hidden
 units. ``HiddenStateDistillation`` maps student hidden states to the teacher's width with learned
 projections that start as the identity on the kept units, and ``fold_projections`` slices them so the
-folded student sees the same loss as the gated one. ``DistillationLoss`` combines every term from the
-recipe's ``distill`` section.
+folded student sees the same loss as the gated one; ``PooledDistillation`` does the same for the
+sentence embedding (the teacher's pooling of the last hidden state). ``DistillationLoss`` combines
+every term from the recipe's ``distill`` section.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
+from compress.evaluate import pairwise_cosine
 from compress.recipe import section_defaults
+from compress.sentence import MEAN_POOLING, Pooling
 
 HIDDEN_TERMS = ("hidden_l1", "hidden_cos", "hidden_mse")
-WEIGHT_KEYS = (*HIDDEN_TERMS, "logits_kl", "attention_relation", "task")
+POOLED_TERMS = ("pooled_cos", "pooled_similarity")
+WEIGHT_KEYS = (*HIDDEN_TERMS, *POOLED_TERMS, "logits_kl", "attention_relation", "task")
 #: The recipe's distill defaults, except that a loss term this module is not given is off: a recipe
 #: always passes its whole section (with the recipe's default weights); a script names the terms it wants.
 CONFIG_DEFAULTS: dict[str, object] = {**section_defaults("distill"), **dict.fromkeys(WEIGHT_KEYS, 0.0)}
@@ -124,35 +128,20 @@ def _identity_columns(kept: Tensor, teacher_width: int) -> Tensor:
     return torch.eye(teacher_width)[:, kept]
 
 
-class HiddenStateDistillation(nn.Module):
-    """L1 / cosine / MSE between projected student hidden states and teacher hidden states.
+class _StateProjections(nn.Module):
+    """Learned maps from student hidden states to the teacher's width, each the identity on the kept units at start.
 
-    ``layer_map`` pairs are (student, teacher) indices into ``output_hidden_states`` tuples (0 is the
-    embedding output). Each pair has its own ``nn.Linear(student_width, teacher_width)``, initialised
-    to the identity on the teacher units the student keeps, so an unchanged student has zero loss.
     ``kept`` (the teacher positions of the student's units, increasing) is required when the student
-    is narrower than the teacher.
+    is narrower than the teacher. ``fold_projections`` slices the maps' input columns for a student
+    that keeps fewer units, so a subclass's loss is the same for the folded student as for the gated one.
     """
 
-    def __init__(
-        self,
-        layer_map: list[tuple[int, int]],
-        student_width: int,
-        teacher_width: int,
-        l1: float = 0.0,
-        cos: float = 0.0,
-        mse: float = 0.0,
-        kept: Tensor | None = None,
-    ) -> None:
+    def __init__(self, count: int, student_width: int, teacher_width: int, kept: Tensor | None) -> None:
         super().__init__()
-        self.layer_map = _check_layer_map(layer_map)
         self.student_width = _check_positive_int("student_width", student_width)
         self.teacher_width = _check_positive_int("teacher_width", teacher_width)
-        self.term_weights = {name: _check_weight(name, w) for name, w in zip(HIDDEN_TERMS, (l1, cos, mse))}
-        if not any(self.term_weights.values()):
-            raise ValueError("hidden-state distillation needs l1, cos or mse > 0; set at least one weight")
         self.register_buffer("kept", self._initial_kept(kept))
-        self.projections = nn.ModuleList(self._identity_projection() for _ in self.layer_map)
+        self.projections = nn.ModuleList(self._identity_projection() for _ in range(count))
 
     def _initial_kept(self, kept: Tensor | None) -> Tensor:
         """Teacher positions of the student's units: all of them, or the given ``kept``."""
@@ -183,6 +172,69 @@ class HiddenStateDistillation(nn.Module):
             projection.bias.zero_()
         return projection
 
+    def _check_pair(self, what: str, student: Tensor, teacher: Tensor) -> None:
+        """Refuse states of another width than this loss was built for, or of different batch or sequence length."""
+        for side, state, width in (("student", student, self.student_width), ("teacher", teacher, self.teacher_width)):
+            if state.shape[-1] != width:
+                raise ValueError(
+                    f"{what}: {side} hidden state has width {state.shape[-1]} but this loss was built for {width}; "
+                    "build it with the model's hidden size (or fold it)"
+                )
+        if student.shape[:-1] != teacher.shape[:-1]:
+            raise ValueError(
+                f"{what}: student states {tuple(student.shape)} and teacher states "
+                f"{tuple(teacher.shape)} differ in batch or sequence length; feed both the same batch"
+            )
+
+    def _narrowed(self, student_width: int, kept: Tensor) -> _StateProjections:
+        """This loss with fresh projections, for a student of ``student_width`` units at teacher positions ``kept``."""
+        raise NotImplementedError
+
+    def fold_projections(self, kept: Tensor) -> _StateProjections:
+        """The loss for the folded student that keeps units ``kept`` (indices into this student's width).
+
+        Projection input columns are sliced to ``kept``, so the folded student's loss equals this
+        module's loss on a state whose units outside ``kept`` are zero.
+        """
+        kept = _check_kept(kept, self.student_width, "student hidden unit")
+        weight = self.projections[0].weight
+        folded = self._narrowed(kept.numel(), self.kept.cpu()[kept.cpu()])
+        folded = folded.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            for source, target in zip(self.projections, folded.projections):
+                target.weight.copy_(source.weight[:, kept.to(weight.device)])
+                target.bias.copy_(source.bias)
+        return folded.train(self.training)
+
+
+class HiddenStateDistillation(_StateProjections):
+    """L1 / cosine / MSE between projected student hidden states and teacher hidden states.
+
+    ``layer_map`` pairs are (student, teacher) indices into ``output_hidden_states`` tuples (0 is the
+    embedding output). Each pair has its own ``nn.Linear(student_width, teacher_width)``, initialised
+    to the identity on the teacher units the student keeps, so an unchanged student has zero loss.
+    ``kept`` (the teacher positions of the student's units, increasing) is required when the student
+    is narrower than the teacher.
+    """
+
+    def __init__(
+        self,
+        layer_map: list[tuple[int, int]],
+        student_width: int,
+        teacher_width: int,
+        l1: float = 0.0,
+        cos: float = 0.0,
+        mse: float = 0.0,
+        kept: Tensor | None = None,
+    ) -> None:
+        pairs = _check_layer_map(layer_map)
+        weights = {name: _check_weight(name, w) for name, w in zip(HIDDEN_TERMS, (l1, cos, mse))}
+        if not any(weights.values()):
+            raise ValueError("hidden-state distillation needs l1, cos or mse > 0; set at least one weight")
+        super().__init__(len(pairs), student_width, teacher_width, kept)
+        self.layer_map = pairs
+        self.term_weights = weights
+
     def forward(
         self,
         student_hidden: tuple[Tensor, ...],
@@ -205,49 +257,20 @@ class HiddenStateDistillation(nn.Module):
     def _states(
         self, pair: tuple[int, int], student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...]
     ) -> tuple[Tensor, Tensor]:
-        """The student and teacher states a pair names, checked for range and width."""
-        for side, index, states, width in (
-            ("student", pair[0], student_hidden, self.student_width),
-            ("teacher", pair[1], teacher_hidden, self.teacher_width),
-        ):
+        """The student and teacher states a pair names, checked for range, width and shape."""
+        for side, index, states in (("student", pair[0], student_hidden), ("teacher", pair[1], teacher_hidden)):
             if index >= len(states):
                 raise ValueError(
                     f"layer pair {list(pair)}: {side} index {index} is out of range; the {side} has "
                     f"{len(states)} hidden states (indices 0..{len(states) - 1}); fix the distill layers"
                 )
-            if states[index].shape[-1] != width:
-                raise ValueError(
-                    f"layer pair {list(pair)}: {side} hidden state has width {states[index].shape[-1]} but "
-                    f"this loss was built for {width}; build it with the model's hidden size (or fold it)"
-                )
         student, teacher = student_hidden[pair[0]], teacher_hidden[pair[1]]
-        if student.shape[:-1] != teacher.shape[:-1]:
-            raise ValueError(
-                f"layer pair {list(pair)}: student states {tuple(student.shape)} and teacher states "
-                f"{tuple(teacher.shape)} differ in batch or sequence length; feed both the same batch"
-            )
+        self._check_pair(f"layer pair {list(pair)}", student, teacher)
         return student, teacher
 
-    def fold_projections(self, kept: Tensor) -> HiddenStateDistillation:
-        """The loss for the folded student that keeps units ``kept`` (indices into this student's width).
-
-        Projection input columns are sliced to ``kept``, so the folded student's loss equals this
-        module's loss on a state whose units outside ``kept`` are zero.
-        """
-        kept = _check_kept(kept, self.student_width, "student hidden unit")
-        weight = self.projections[0].weight
-        folded = HiddenStateDistillation(
-            self.layer_map,
-            kept.numel(),
-            self.teacher_width,
-            *self.term_weights.values(),
-            kept=self.kept.cpu()[kept.cpu()],
-        ).to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            for source, target in zip(self.projections, folded.projections):
-                target.weight.copy_(source.weight[:, kept.to(weight.device)])
-                target.bias.copy_(source.bias)
-        return folded.train(self.training)
+    def _narrowed(self, student_width: int, kept: Tensor) -> HiddenStateDistillation:
+        weights = self.term_weights.values()
+        return HiddenStateDistillation(self.layer_map, student_width, self.teacher_width, *weights, kept=kept)
 
     def remap_layers(self, student_layer_for: Mapping[int, int]) -> HiddenStateDistillation:
         """A copy whose student indices are renamed by ``student_layer_for`` (old -> new hidden-state index).
@@ -264,6 +287,68 @@ class HiddenStateDistillation(nn.Module):
         remapped = copy.deepcopy(self)
         remapped.layer_map = _check_layer_map([(student_layer_for[s], t) for s, t in self.layer_map])
         return remapped
+
+
+def _similarity_mse(student: Tensor, teacher: Tensor) -> Tensor:
+    """MSE between the pairwise cosines of the rows of ``student`` and of ``teacher`` (pairs i < j)."""
+    if len(student) < 2:
+        # One text has no pairs: zero, still connected to the student so a backward pass works.
+        return student.float().sum() * 0.0
+    return (pairwise_cosine(student) - pairwise_cosine(teacher)).pow(2).mean().float()
+
+
+class PooledDistillation(_StateProjections):
+    """Distil the sentence embedding: the teacher's ``pooling`` of its last hidden state, and the student's.
+
+    The student's last hidden state goes through one identity-initialised projection (sliced by
+    ``fold_projections`` like the hidden-state ones), then through the same pooling, so an unchanged
+    student has zero loss. ``cos``: 1 - cosine between the two embeddings of each text, averaged over
+    the batch. ``similarity``: MSE between both sides' in-batch pairwise-cosine matrices (the entries
+    off the diagonal), the structure retrieval and clustering read from the embeddings.
+    """
+
+    def __init__(
+        self,
+        student_width: int,
+        teacher_width: int,
+        cos: float = 0.0,
+        similarity: float = 0.0,
+        pooling: Pooling = MEAN_POOLING,
+        kept: Tensor | None = None,
+    ) -> None:
+        weights = {name: _check_weight(name, w) for name, w in zip(POOLED_TERMS, (cos, similarity))}
+        if not any(weights.values()):
+            raise ValueError("pooled-embedding distillation needs cos or similarity > 0; set at least one weight")
+        if not isinstance(pooling, Pooling):
+            raise ValueError(
+                f"pooling must be a compress.sentence.Pooling (e.g. compress.sentence.MEAN_POOLING), got {pooling!r}"
+            )
+        super().__init__(1, student_width, teacher_width, kept)
+        self.term_weights = weights
+        self.pooling = pooling
+
+    def forward(
+        self, student_last: Tensor, teacher_last: Tensor, attention_mask: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Each enabled term on (batch, seq, width) last hidden states, and their weighted sum ``distill_pooled``."""
+        self._check_pair("pooled embedding", student_last, teacher_last)
+        positions = student_last.shape[:-1]
+        if attention_mask is None:
+            mask = torch.ones(positions, device=student_last.device)
+        else:
+            mask = _check_mask(attention_mask, positions, "token").to(student_last.device)
+        student = self.pooling(self.projections[0](student_last), mask).float()
+        teacher = self.pooling(teacher_last, mask).float()
+        parts = {}
+        if self.term_weights["pooled_cos"]:
+            parts["pooled_cos"] = (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+        if self.term_weights["pooled_similarity"]:
+            parts["pooled_similarity"] = _similarity_mse(student, teacher)
+        parts["distill_pooled"] = torch.stack([self.term_weights[name] * value for name, value in parts.items()]).sum()
+        return parts
+
+    def _narrowed(self, student_width: int, kept: Tensor) -> PooledDistillation:
+        return PooledDistillation(student_width, self.teacher_width, *self.term_weights.values(), self.pooling, kept)
 
 
 def logits_kl(
@@ -352,18 +437,26 @@ class DistillationLoss(nn.Module):
     """Every distillation term of a recipe's ``distill`` section, weighted and summed.
 
     Keys (all optional): ``layers`` ([student, teacher] hidden-state index pairs), ``hidden_l1``,
-    ``hidden_cos``, ``hidden_mse``, ``logits_kl``, ``attention_relation``, ``task`` (weights, default
-    0), ``temperature`` (1.0) and ``relation_heads`` (12). At least one weight must be > 0. Teacher
-    outputs are used as given (not detached): compute them under ``torch.no_grad()``.
+    ``hidden_cos``, ``hidden_mse``, ``pooled_cos``, ``pooled_similarity``, ``logits_kl``,
+    ``attention_relation``, ``task`` (weights, default 0), ``temperature`` (1.0) and
+    ``relation_heads`` (12). At least one weight must be > 0. The pooled terms embed both sides'
+    last hidden states with ``pooling`` (the teacher's sentence-transformers pooling; mean pooling by
+    default). Teacher outputs are used as given (not detached): compute them under ``torch.no_grad()``.
     """
 
     def __init__(
-        self, config: Mapping, student_width: int, teacher_width: int, kept: Tensor | None = None
+        self,
+        config: Mapping,
+        student_width: int,
+        teacher_width: int,
+        kept: Tensor | None = None,
+        pooling: Pooling = MEAN_POOLING,
     ) -> None:
         super().__init__()
         self.config = self._check_config(config)
         self.term_weights = {key: self.config[key] for key in WEIGHT_KEYS}
         self.hidden: HiddenStateDistillation | None = None
+        self.pooled: PooledDistillation | None = None
         if any(self.term_weights[key] for key in HIDDEN_TERMS):
             if not self.config["layers"]:
                 raise ValueError(
@@ -377,6 +470,9 @@ class DistillationLoss(nn.Module):
                 *(self.term_weights[key] for key in HIDDEN_TERMS),
                 kept=kept,
             )
+        if any(self.term_weights[key] for key in POOLED_TERMS):
+            weights = (self.term_weights[key] for key in POOLED_TERMS)
+            self.pooled = PooledDistillation(student_width, teacher_width, *weights, pooling=pooling, kept=kept)
 
     @property
     def needs_teacher(self) -> bool:
@@ -423,6 +519,11 @@ class DistillationLoss(nn.Module):
             hidden = self.hidden(*self._hidden_states(student_out, teacher_out), attention_mask)
             parts.update(hidden)
             total.append(hidden["distill_hidden"])
+        if self.pooled is not None:
+            student_hidden, teacher_hidden = self._hidden_states(student_out, teacher_out)
+            pooled = self.pooled(student_hidden[-1], teacher_hidden[-1], attention_mask)
+            parts.update(pooled)
+            total.append(pooled["distill_pooled"])
         if self.term_weights["logits_kl"]:
             parts["logits_kl"] = self._logits_term(student_out, teacher_out, attention_mask)
             total.append(self.term_weights["logits_kl"] * parts["logits_kl"])
@@ -445,8 +546,8 @@ class DistillationLoss(nn.Module):
             hidden = getattr(out, "hidden_states", None)
             if hidden is None:
                 raise ValueError(
-                    f"{side} output has no hidden_states but a hidden_* weight is > 0; call the {side} with "
-                    "output_hidden_states=True"
+                    f"{side} output has no hidden_states but a hidden_* or pooled_* weight is > 0; call the "
+                    f"{side} with output_hidden_states=True"
                 )
             states.append(hidden)
         return states[0], states[1]
@@ -499,6 +600,8 @@ class DistillationLoss(nn.Module):
         folded = copy.deepcopy(self)
         if self.hidden is not None:
             folded.hidden = self.hidden.fold_projections(kept)
+        if self.pooled is not None:
+            folded.pooled = self.pooled.fold_projections(kept)
         return folded
 
     def remap_layers(self, student_layer_for: Mapping[int, int]) -> DistillationLoss:

@@ -103,8 +103,9 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_fingerprint(recipe: dict[str, Any], teacher: torch.nn.Module, data: str | Path | None) -> dict[str, Any]:
-    return {"recipe": recipe, "teacher": teacher_hash(teacher), "data": data_identity(data)}
+def run_fingerprint(recipe: dict[str, Any], teacher: str, data: str | Path | None) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: the recipe, the teacher's hash (``teacher_hash``), the data."""
+    return {"recipe": recipe, "teacher": teacher, "data": data_identity(data)}
 
 
 def write_fingerprint(folder: Path, fingerprint: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from compress.errors import TargetError
 from compress.structure import Structure
 from pruners.allocation import uniform_sizes
 from pruners.gates import FixedGate, Gate, GateSet
-from pruners.size import count_parameters
+from pruners.size import Number, count_parameters
 from reparam import Axis, HookSet, fold_state_dict, install_gates, kept_indices, remove_masked_norms
 
 if TYPE_CHECKING:
@@ -116,6 +116,40 @@ class GatedModel:
         total = count_parameters(self._shapes, self.axes, sizes, include=include)
         return total if isinstance(total, torch.Tensor) else int(total)
 
+    def macs_per_token(self, sizes: Mapping[str, Number], seq_len: int) -> Number:
+        """Multiply-accumulates of the base model per token of one ``seq_len``-token sequence, keeping ``sizes``.
+
+        As ``compress.measure.forward_flops`` counts a forward: one MAC per weight of every Linear of
+        the base model and token (the pooler's once per sequence), plus the two attention products
+        (``Q K^T`` and the weighted sum of ``V``), ``seq_len`` MACs per kept query row each. Integer sizes
+        give the folded student's count exactly; expected sizes a differentiable one.
+        """
+        per_token, per_sequence = self._linear_weights
+        linear = count_parameters(self._shapes, self.axes, sizes, include=per_token.__contains__)
+        pooled = count_parameters(self._shapes, self.axes, sizes, include=per_sequence.__contains__)
+        # the query's output rows: kept heads x head width, zero where the attention sublayer is removed
+        queries = {q: self._shapes[q][:1] for q in self._query_weights}
+        attention = count_parameters(queries, self.axes, sizes)
+        total = linear + pooled / seq_len + 2 * seq_len * attention
+        return total if isinstance(total, torch.Tensor) else int(round(total))
+
+    @property
+    def _linear_weights(self) -> tuple[set[str], set[str]]:
+        """Weights of the base model's Linear layers applied to every token, and to one token a sequence (pooler)."""
+        base = self.model.base_model
+        prefix = "" if base is self.model else f"{self.model.base_model_prefix}."
+        every, once = set(), set()
+        for name, module in base.named_modules():
+            weight = f"{prefix}{name}.weight"
+            if isinstance(module, nn.Linear) and weight in self._shapes:
+                (once if name.split(".")[0] == "pooler" else every).add(weight)
+        return every, once
+
+    @property
+    def _query_weights(self) -> list[str]:
+        layers = self.model.config.num_hidden_layers
+        return [f"{self.adapter.attention_projections(i)[0]}.weight" for i in range(layers)]
+
     def expected_sizes(self) -> dict[str, torch.Tensor]:
         """Expected kept units of every gated axis (differentiable in learned gate parameters)."""
         return {name: self.gates[name].expected_kept() for name in self.gates.names()}
@@ -133,17 +167,21 @@ class GatedModel:
                 sizes[axis.name] = min(by_kind[axis.kind], axis.size)
         return sizes
 
-    def uniform_kind_sizes(self, sparsity: float) -> dict[str, int]:
-        """Sizes by kind, the same in every layer, that remove ``sparsity`` of the encoder parameters."""
+    def uniform_kind_sizes(self, sparsity: float, cost: Callable[[Mapping[str, int]], Number] | None = None) -> dict[str, int]:
+        """Sizes by kind, the same in every layer, that remove ``sparsity`` of ``cost`` (default: encoder parameters).
+
+        ``cost`` maps per-axis sizes to the counted cost (``compress.targets.Target.cost``).
+        """
         if not 0.0 <= sparsity < 1.0:
             raise TargetError(f"target sparsity {sparsity} must be in [0, 1)")
-        budget = (1.0 - sparsity) * self.teacher_encoder_parameters
+        cost = cost or (lambda sizes: self.count(sizes, encoder_only=True))
+        budget = (1.0 - sparsity) * cost({})
         try:
             return uniform_sizes(
                 self.adapter.kind_limits(),
                 list(self.kinds),
                 budget,
-                lambda by_kind: self.count(self.axis_sizes(by_kind), encoder_only=True),
+                lambda by_kind: cost(self.axis_sizes(by_kind)),
                 head_dim=self.head_dim,
             )
         except ValueError as err:

@@ -23,7 +23,7 @@ from compress.methods.criteria import magnitude
 from compress.recipe import Recipe, load_recipe
 from compress.sentence import is_sentence_transformer, sentence_encoder
 from compress.structure import Structure
-from compress.targets import Target
+from compress.targets import Target, targets_of
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -37,7 +37,7 @@ def method_settings(recipe: Recipe) -> MethodSettings:
     """The settings a recipe gives its method: target, schedule, stage 1's steps and the method's own keys."""
     entry = method_entry(recipe.prune["method"])
     return MethodSettings(
-        target=Target.from_prune(recipe.prune),
+        target=Target.from_prune(recipe.prune, recipe.train["seq_len"]),
         schedule=recipe.prune["schedule"],
         train_steps=recipe.train["max_steps"],
         options={key: recipe[key] for key in entry.settings},
@@ -62,8 +62,11 @@ class CompressionJob:
         entry = method_entry(recipe.prune["method"])
         method_cls = entry.load()
         self.gated = GatedModel(teacher, adapter_cls, recipe.prune["axes"], method_cls.initial_gate)
-        self.target = Target.from_prune(recipe.prune)
-        self.target.check(self.gated)
+        #: every student's target, largest first: more than one in a multi-size run (a list in the recipe)
+        self.targets = targets_of(recipe.prune, recipe.train["seq_len"])
+        self.target = self.targets[0]
+        for target in self.targets:
+            target.check(self.gated)
         self.method: PruningMethod = method_cls(self.gated, method_settings(recipe), **entry.options)
         for name, module in self.method.modules().items():
             self.gated.attach_module(name, module)

@@ -150,8 +150,11 @@ def _removed_section(record: Mapping[str, Any], structure: Structure) -> list[st
     prune = record.get("recipe", {}).get("prune", {})
     if prune.get("target") is not None:
         target = f"explicit sizes `{prune['target']}` (`prune.target`)"
+    elif prune.get("target_macs") is not None:
+        target = f"keep {prune['target_macs']:.1%} of the teacher's MACs per token (`prune.target_macs`)"
     else:
-        target = f"remove {prune.get('target_sparsity', 0):.1%} of the encoder parameters (`prune.target_sparsity`)"
+        counted = "parameters (embeddings included)" if prune.get("count") == "all" else "encoder parameters"
+        target = f"remove {prune.get('target_sparsity', 0):.1%} of the {counted} (`prune.target_sparsity`)"
     rows = [
         ("encoder parameters", structure.teacher_encoder_parameters, structure.encoder_parameters),
         ("all parameters", structure.teacher_parameters, structure.parameters),

@@ -17,6 +17,8 @@ MLM_ONLY = {
     "distill.hidden_l1": 0.0,
     "distill.hidden_cos": 0.0,
     "distill.hidden_mse": 0.0,
+    "distill.pooled_cos": 0.0,
+    "distill.pooled_similarity": 0.0,
     "distill.logits_kl": 0.0,
     "distill.attention_relation": 0.0,
     "distill.task": 1.0,

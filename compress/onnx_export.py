@@ -38,7 +38,7 @@ from compress.evaluate import audio_fidelity, embedding_fidelity, held_out_sente
 from compress.measure import audio_batch, token_batch
 from compress.outputs import StagedOutput, remove_stale_siblings
 from compress.recipe import section_defaults
-from compress.report import _student, load_run
+from compress.report import load_run, load_run_student
 from compress.sentence import MEAN_POOLING, Pooling, read_pipeline
 from compress.teachers import folder_tokenizer
 
@@ -384,7 +384,7 @@ def export_onnx(
     record, _ = load_run(folder)
     out = folder.resolve() / ONNX_FOLDER
     _check_folder(out, overwrite)
-    model = _student(folder)
+    model = load_run_student(folder)
     remove_stale_siblings(out)
     with StagedOutput(out) as staged:
         names = export_graph(model, staged.path / FP32_FILE)

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: the file every student folder this library writes holds; its presence marks a replaceable earlier student
 STUDENT_MARKER = "compression.json"
+#: the summary a multi-size run writes beside its students (``OUT/sparsity-0.50`` ...): it marks that folder alike
+SUMMARY_MARKER = "students.json"
 #: the hidden siblings the library creates next to ``out`` (``partial`` is what save_student used before the staging folders)
 _SIBLING_KINDS = ("staging", "old", "partial")
 _TOKEN_HEX = 8
@@ -95,9 +97,10 @@ def check_output_path(out: str | os.PathLike[str], protected: Iterable[str | os.
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output path {out} is a file, not a folder; pass a folder path as --out")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / STUDENT_MARKER).is_file():
+        if not any((out / marker).is_file() for marker in (STUDENT_MARKER, SUMMARY_MARKER)):
             raise OutputDirError(
-                f"output folder {out} is not empty and holds no student of this library (no {STUDENT_MARKER}); "
+                f"output folder {out} is not empty and holds no student of this library (no {STUDENT_MARKER} "
+                f"or {SUMMARY_MARKER}); "
                 "pass a new or empty --out folder (--overwrite only replaces an earlier student)"
             )
         if not overwrite:

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from compress.adapters import modality_of
+from compress.data import load_texts
 from compress.distill import DistillationLoss
 from compress.errors import CompressError, DataError, Interrupted, OutputDirError, RecipeError
 from compress.evaluate import MIN_FIDELITY_ITEMS
@@ -46,6 +47,7 @@ from compress.methods.base import PruningMethod
 from compress.objective import with_layer_map, with_objective
 from compress.outputs import (
     STUDENT_MARKER,
+    SUMMARY_MARKER,
     StagedOutput,
     check_output_path,
     checkpoints_dir,
@@ -59,6 +61,7 @@ from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
 from compress.training_data import TrainingData, training_data
+from compress.vocabulary import check_prunable, prune_loaded
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -121,14 +124,18 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def training_arguments(recipe: Recipe, stage_dir: Path, stage: str, progress: bool) -> TrainingArguments:
+def training_arguments(
+    recipe: Recipe, stage_dir: Path, stage: str, progress: bool, max_steps: int | None = None
+) -> TrainingArguments:
     """The Trainer's arguments for ``stage`` (``prune`` or ``finetune``) of ``recipe``.
 
     ``recipe.trainer`` is passed through over ``TRAINER_DEFAULTS``; the arguments set below come from
     the recipe's own keys (the recipe refuses them in ``trainer:``, ``LIBRARY_TRAINING_ARGUMENTS``).
+    ``max_steps`` replaces the stage's steps (one student's part of a multi-size stage 1).
     """
     train = recipe.train
     steps, lr = (train["max_steps"], train["lr"]) if stage == PRUNE else (recipe.finetune["max_steps"], recipe.finetune["lr"])
+    steps = steps if max_steps is None else max_steps
     return TrainingArguments(
         **{**TRAINER_DEFAULTS, **recipe.trainer},
         output_dir=str(stage_dir),
@@ -262,12 +269,19 @@ class Run:
     teacher_dir: Path | None = None
     #: the teacher's sentence-transformers pipeline (folder or object): carried over to the student folder
     pipeline: SentencePipeline | None = None
+    #: the student's name in a multi-size run (``sparsity-0.50``): its checkpoints and folder are named after it
+    label: str | None = None
     stopper: StopOnSignal = field(default_factory=StopOnSignal)
     started: float = field(default_factory=time.perf_counter)
     logs: dict[str, list[dict]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     student: PreTrainedModel | None = None
     record: CompressionRecord | None = None
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where ``stage`` checkpoints: ``OUT.checkpoints/<stage>``, per student in a multi-size run."""
+        folder = checkpoints_dir(self.out) / stage
+        return folder / self.label if self.label else folder
 
     @property
     def trainable(self) -> Callable[[str], bool] | None:
@@ -300,6 +314,21 @@ def check_before_training(recipe: Recipe, job: CompressionJob, teacher: PreTrain
             f"train.seq_len={recipe.train['seq_len']} is longer than the teacher's {positions} position embeddings; "
             f"set train.seq_len <= {positions}"
         )
+
+
+def check_sizes(recipe: Recipe, job: CompressionJob) -> None:
+    """Refuse a multi-size run that cannot give every student its part of stage 1, or a method that has no sizes."""
+    count = len(job.targets)
+    if count == 1:
+        return
+    steps = recipe.train["max_steps"]
+    if 0 < steps < count:
+        raise RecipeError(
+            f"{count} students share stage 1's train.max_steps={steps}: each needs at least one step; "
+            f"set train.max_steps >= {count} (or 0 for one-shot students)"
+        )
+    if recipe.prune["method"] == "layer-drop":
+        raise RecipeError("layer-drop keeps a number of layers (prune.target), not a list of sizes; run it once per size")
 
 
 def setup(
@@ -362,9 +391,16 @@ def setup(
     # Before the data: a recipe of another family, or one the generic path cannot run, fails fast.
     job = job_for(teacher, recipe, generic, asked_axes=(overrides or {}).get("prune.axes"))
     recipe = job.recipe  # the generic path narrows prune.axes: the run, its fingerprint and record use that
-    job.target.check_reachable(job.gated)  # a target the axes cannot meet is refused before any step
+    for target in job.targets:  # a target the axes cannot meet is refused before any step
+        target.check_reachable(job.gated)
+    check_sizes(recipe, job)
     check_before_training(recipe, job, teacher)
-    prepared = training_data(recipe, modality, processor, data, pipeline.pooling if pipeline else MEAN_POOLING)
+    if recipe.export["vocabulary"] is not None:  # refused now rather than after training
+        if modality != "text" or processor is None:
+            raise RecipeError("export.vocabulary prunes a tokenizer's vocabulary: it needs a text teacher with its tokenizer")
+        check_prunable(processor)
+    pooling = pipeline.pooling if pipeline else MEAN_POOLING  # the teacher's: fidelity and pooled losses use it
+    prepared = training_data(recipe, modality, processor, data, pooling)
     if trains and 0 < prepared.held_out_count < MIN_FIDELITY_ITEMS:
         raise DataError(
             f"the held-out split has {prepared.held_out_count} {prepared.held_out_name.replace('_', ' ')}, and fidelity "
@@ -372,9 +408,9 @@ def setup(
         )
     if is_main_process():
         source = data or (recipe.data["audio"] if modality == "speech" else recipe.data["text"])
-        out = prepare_output(out, overwrite, resume, protected, run_fingerprint(recipe.to_dict(), teacher, source))
+        out = prepare_output(out, overwrite, resume, protected, run_fingerprint(recipe.to_dict(), job.teacher_hash, source))
     width = teacher.config.hidden_size
-    distillation = DistillationLoss(recipe.distill, width, width)
+    distillation = DistillationLoss(recipe.distill, width, width, pooling=pooling)
     return Run(
         recipe, teacher, processor, out, job, prepared, distillation, resume, progress, keep_checkpoints,
         teacher_dir=Path(teacher_dir) if teacher_dir is not None else None, pipeline=pipeline, started=started,
@@ -386,13 +422,17 @@ LEARNING_RATE_KEYS = {PRUNE: "train.lr", FINETUNE: "finetune.lr"}
 
 
 def build_trainer(
-    run: Run, model: PreTrainedModel, stage: str, distillation: DistillationLoss, method: PruningMethod | None = None
+    run: Run,
+    model: PreTrainedModel,
+    stage: str,
+    distillation: DistillationLoss,
+    method: PruningMethod | None = None,
+    max_steps: int | None = None,
 ) -> CompressionTrainer:
     """The Trainer of a training stage (``prune``: the gated model with its method; ``finetune``: the student)."""
-    stage_dir = checkpoints_dir(run.out) / stage
     return CompressionTrainer(
         model=model,
-        args=training_arguments(run.recipe, stage_dir, stage, run.progress),
+        args=training_arguments(run.recipe, run.stage_dir(stage), stage, run.progress, max_steps),
         train_dataset=run.data.train,
         data_collator=run.data.collator,
         teacher=run.teacher,
@@ -409,20 +449,25 @@ def prune_stage(run: Run) -> None:
     job = run.job
     if run.recipe.train["max_steps"] > 0:
         trainer = build_trainer(run, job.model, PRUNE, run.distillation, method=job.method)
-        run.logs[PRUNE] = _train_stage(trainer, checkpoints_dir(run.out) / PRUNE, run.resume, run.stopper)
+        run.logs[PRUNE] = _train_stage(trainer, run.stage_dir(PRUNE), run.resume, run.stopper)
         run.distillation = getattr(job.model, DISTILL_ATTR)
         run.metrics.update(job.method.finish())
     else:
         run.metrics.update(job.method.one_shot())
 
 
-def structure_warnings(structure: Structure, target: float) -> list[str]:
-    """What is wrong with a structure that still folds: a missed target, no sublayer of a kind left, too little left."""
+def structure_warnings(structure: Structure, target: float, achieved: float | None = None, measure: str = "encoder parameters") -> list[str]:
+    """What is wrong with a structure that still folds: a missed target, no sublayer of a kind left, too little left.
+
+    ``target`` and ``achieved`` are fractions of ``measure`` removed (``achieved`` defaults to the
+    structure's encoder sparsity).
+    """
     found = []
     removed = structure.encoder_sparsity
-    if abs(removed - target) > 0.01:
+    achieved = removed if achieved is None else achieved
+    if abs(achieved - target) > 0.01:
         found.append(
-            f"the target was to remove {target:.1%} of the encoder parameters, the student removes {removed:.1%} "
+            f"the target was to remove {target:.1%} of the {measure}, the student removes {achieved:.1%} "
             "(the smallest structure the axes allow is coarser); choose a target the axes can meet"
         )
     for kind, name in (("attention", "attention"), ("mlp", "FFN")):
@@ -446,7 +491,9 @@ def fold_stage(run: Run) -> None:
     run.job.model.eval()
     run.student, run.record = fold(run.job)
     run.metrics["encoder_sparsity"] = run.record.structure.to_dict()["encoder_sparsity"]
-    _warn(run, structure_warnings(run.record.structure, run.job.target_sparsity()))
+    target, gated = run.job.target, run.job.gated
+    achieved = float(target.removed(gated, run.record.structure.sizes))
+    _warn(run, structure_warnings(run.record.structure, target.fraction(gated), achieved, target.measure))
     if run.data.fidelity:
         run.metrics["fidelity_after_prune"] = run.data.fidelity(run.teacher, run.student)
         if run.data.pooling is not None:  # how both models embedded the texts for the fidelity figures
@@ -459,7 +506,7 @@ def finetune_stage(run: Run) -> None:
         return
     distillation = run.job.method.student_distillation(run.distillation)
     trainer = build_trainer(run, run.student, FINETUNE, distillation)
-    run.logs[FINETUNE] = _train_stage(trainer, checkpoints_dir(run.out) / FINETUNE, run.resume, run.stopper)
+    run.logs[FINETUNE] = _train_stage(trainer, run.stage_dir(FINETUNE), run.resume, run.stopper)
     delattr(run.student, DISTILL_ATTR)
     run.student.eval()
     if run.data.fidelity:
@@ -470,36 +517,65 @@ def finetune_stage(run: Run) -> None:
 RUNS_DIR = "runs"
 
 
-def _copy_event_files(out: Path, student_dir: Path) -> None:
+def _copy_event_files(run: Run, student_dir: Path) -> None:
     """Copy each stage's TensorBoard runs (the Trainer writes them into its checkpoint folder) into the student.
 
     The checkpoints are removed after export; ``OUT/runs/<stage>`` is where the Hub and ``tensorboard
     --logdir OUT/runs`` look for them.
     """
     for stage in (PRUNE, FINETUNE):
-        runs = checkpoints_dir(out) / stage / RUNS_DIR
+        runs = run.stage_dir(stage) / RUNS_DIR
         if runs.is_dir():
             shutil.copytree(runs, student_dir / RUNS_DIR / stage)
 
 
-def export_stage(run: Run) -> Path:
-    """Write the student to ``OUT`` (staged beside it, moved into place when complete); drop the checkpoints.
+def complete_record(run: Run) -> None:
+    """Put what the run measured into the student's record: target, minutes, MACs (and their ratio), warnings.
 
-    The record gets the MACs of teacher and student (``compress.report.base_macs``).
+    MACs are counted as ``compress report`` counts them (``compress.report.base_macs``), per token of a
+    ``train.seq_len``-token sequence for text; ``structure.macs_ratio`` is student / teacher.
     """
-    run.metrics.update(target_sparsity=run.job.target_sparsity(), minutes=(time.perf_counter() - run.started) / 60)
-    (teacher_macs, student_macs), unit = base_macs(run.teacher, run.student)
+    target = run.job.target
+    run.metrics["minutes"] = (time.perf_counter() - run.started) / 60
+    if target.sizes is None and (target.macs is not None or target.count != "encoder"):
+        run.metrics.update(target.to_dict())  # the target in what it counts (MACs, all parameters)
+    else:
+        run.metrics["target_sparsity"] = run.job.target_sparsity()
+    (teacher_macs, student_macs), unit = base_macs(run.teacher, run.student, seq=run.recipe.train["seq_len"])
     run.metrics["macs"] = {"teacher": teacher_macs, "student": student_macs, "unit": unit}
+    run.record.structure = replace(run.record.structure, macs_ratio=round(student_macs / teacher_macs, 6))
     run.metrics[run.data.held_out_name] = run.data.held_out_count
     before, after = run.metrics.get("fidelity_after_prune"), run.metrics.get("fidelity_after_finetune")
     collapse = fidelity_collapse(before, after) if before is not None and after is not None else None
     _warn(run, [collapse] if collapse else [])
     run.record.metrics.update(run.metrics)
+
+
+def write_run_student(run: Run, folder: Path) -> None:
+    """The student, its record, its training log and TensorBoard runs, written into ``folder``.
+
+    With ``export.vocabulary: corpus`` the student keeps only the tokens of the training corpus
+    (``compress.vocabulary``): its outputs on that text are unchanged, checked before it is written.
+    """
+    record, processor, pruned = run.record.to_dict(), run.processor, None
+    if run.recipe.export["vocabulary"] == "corpus":
+        texts = load_texts(run.data.source)["text"]
+        pruned = prune_loaded(run.student, run.processor, texts, str(run.data.source))
+        processor, record["vocabulary"] = pruned.tokenizer, pruned.section
+        record["structure"]["parameters"] -= pruned.removed_parameters
+    write_student(run.student, folder, processor, record, sentence_from=run.pipeline)
+    if pruned is not None:
+        pruned.check_saved(folder, texts)
+    (folder / TRAINING_LOG_FILE).write_text(json.dumps(run.logs, indent=2) + "\n", encoding="utf-8")
+    _copy_event_files(run, folder)
+
+
+def export_stage(run: Run) -> Path:
+    """Write the student to ``OUT`` (staged beside it, moved into place when complete); drop the checkpoints."""
+    complete_record(run)
     if is_main_process():
         with StagedOutput(run.out) as staged:
-            write_student(run.student, staged.path, run.processor, run.record, sentence_from=run.pipeline)
-            (staged.path / TRAINING_LOG_FILE).write_text(json.dumps(run.logs, indent=2) + "\n", encoding="utf-8")
-            _copy_event_files(run.out, staged.path)
+            write_run_student(run, staged.path)
             staged.commit()
         if not run.keep_checkpoints:
             remove_checkpoints(run.out)
@@ -509,6 +585,113 @@ def export_stage(run: Run) -> Path:
 
 
 STAGES: tuple[Callable[[Run], Any], ...] = (prune_stage, fold_stage, finetune_stage, export_stage)
+
+
+# -- several students from one run ----------------------------------------------------------------
+def part_steps(total: int, parts: int) -> list[int]:
+    """Stage 1's steps split into ``parts`` nearly equal parts, one per student (the remainder goes first)."""
+    share, extra = divmod(total, parts)
+    return [share + (i < extra) for i in range(parts)]
+
+
+def prune_sizes_stage(run: Run) -> list[dict[str, torch.Tensor]]:
+    """Stage 1 of a multi-size run: one training whose target rises through the students' sizes.
+
+    Each student gets an equal part of ``train.max_steps`` (its own checkpoint folder), the method
+    aimed at its target from the structure the previous part reached (``PruningMethod.retarget``),
+    so a smaller student inherits the larger one's learned structure. Returns the gated model's
+    state at the end of each part (weights, gates, distillation heads), largest student first.
+    """
+    job, states = run.job, []
+    steps = part_steps(run.recipe.train["max_steps"], len(job.targets))
+    for target, part in zip(job.targets, steps):
+        job.method.retarget(target, part)
+        student = replace(run, label=target.label)
+        if part > 0:
+            trainer = build_trainer(student, job.model, PRUNE, run.distillation, method=job.method, max_steps=part)
+            run.logs[target.label] = _train_stage(trainer, student.stage_dir(PRUNE), run.resume, run.stopper)
+            run.distillation = getattr(job.model, DISTILL_ATTR)
+        states.append({name: tensor.detach().clone() for name, tensor in job.model.state_dict().items()})
+    return states
+
+
+def size_student(run: Run, index: int, state: Mapping[str, torch.Tensor]) -> Run:
+    """The ``index``-th student of a multi-size run from stage 1's state at its size: settled, folded, distilled.
+
+    Its record names its own target (the recipe's list is kept under ``metrics.sizes``), and its training
+    log holds the parts of stage 1 that led to it, their steps counted on.
+    """
+    job = run.job
+    target = job.targets[index]
+    job.model.load_state_dict(state)
+    job.target = target
+    job.method.retarget(target, 1)
+    student = replace(run, label=target.label, metrics={}, logs={}, student=None, record=None)
+    if run.recipe.train["max_steps"] > 0:
+        student.distillation = getattr(job.model, DISTILL_ATTR)
+        student.logs[PRUNE] = _joined_logs([run.logs[t.label] for t in job.targets[: index + 1]])
+        student.metrics.update(job.method.finish())
+    else:
+        student.metrics.update(job.method.one_shot())
+    fold_stage(student)
+    prune = student.record.recipe["prune"]
+    key = "target_macs" if target.macs is not None else "target_sparsity"
+    student.metrics["sizes"] = {key: prune[key], "student": index}
+    prune[key] = target.macs if target.macs is not None else target.sparsity
+    finetune_stage(student)
+    complete_record(student)
+    return student
+
+
+def _joined_logs(parts: list[list[dict]]) -> list[dict]:
+    """Log histories of consecutive Trainer runs as one, each part's steps counted on from the last."""
+    joined, offset = [], 0
+    for part in parts:
+        joined.extend({**entry, "step": entry["step"] + offset} if "step" in entry else entry for entry in part)
+        offset += max((entry.get("step", 0) for entry in part), default=0)
+    return joined
+
+
+def summary_rows(students: list[Run]) -> list[dict[str, Any]]:
+    """One row per student of a multi-size run: its folder, target, structure and fidelity."""
+    rows = []
+    for student in students:
+        structure, metrics = student.record.structure, student.record.metrics
+        rows.append(
+            {
+                "folder": student.label,
+                **student.job.targets[metrics["sizes"]["student"]].to_dict(),
+                "encoder_sparsity": round(structure.encoder_sparsity, 6),
+                "parameters": structure.parameters,
+                "teacher_parameters": structure.teacher_parameters,
+                "macs_ratio": structure.macs_ratio,
+                **{key: metrics[key] for key in ("fidelity_after_prune", "fidelity_after_finetune") if key in metrics},
+            }
+        )
+    return rows
+
+
+def run_sizes(run: Run) -> Path:
+    """A multi-size run after ``setup``: stage 1 once, then each student folded, distilled and exported.
+
+    ``OUT`` holds one complete student folder per size (``OUT/sparsity-0.50``, ...; ``macs-0.50`` for MACs
+    targets) and ``students.json``, the summary table; all of it is staged and moved into place at the end.
+    """
+    states = prune_sizes_stage(run)
+    students = [size_student(run, i, state) for i, state in enumerate(states)]
+    minutes = (time.perf_counter() - run.started) / 60
+    if is_main_process():
+        with StagedOutput(run.out) as staged:
+            for student in students:
+                write_run_student(student, staged.path / student.label)
+            summary = {"students": summary_rows(students), "minutes": minutes, "recipe": run.recipe.to_dict()}
+            (staged.path / SUMMARY_MARKER).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            staged.commit()
+        if not run.keep_checkpoints:
+            remove_checkpoints(run.out)
+        logger.info("%d students written to %s", len(students), run.out)
+    _barrier()
+    return run.out
 
 
 def run(recipe: Recipe | str | Path, **options: Any) -> Path:
@@ -522,6 +705,8 @@ def run(recipe: Recipe | str | Path, **options: Any) -> Path:
     to both training stages, over the recipe's ``trainer:`` section.
     """
     state = setup(recipe, **options)
+    if len(state.job.targets) > 1:
+        return run_sizes(state)
     for stage in STAGES:
         stage(state)
     return state.out

@@ -6,7 +6,7 @@ import difflib
 import importlib.resources
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,16 @@ import yaml
 from compress.errors import RecipeError
 from compress.families import AUTO, AXIS_KINDS, FAMILIES, recipe_fits
 from compress.methods import method_names, settings_fragments
-from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_open, merge_fragment, one_of, positive
+from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_closed, fraction_open, merge_fragment, one_of
+from compress.schema import positive
 from compress.schema import unknown_key, validate
 from pruners import schedules
 
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
+#: what ``prune.target_sparsity`` counts: the encoder's parameters, or every parameter (embeddings and heads too)
+COUNTS = ("encoder", "all")
+#: what ``export.vocabulary`` may keep of the student's vocabulary (null keeps all of it)
+VOCABULARIES = ("corpus",)
 #: the package whose data files are the bundled recipes (the repository's top-level recipes/ folder)
 BUNDLED = "compress.recipes"
 
@@ -116,6 +121,24 @@ def _layer_pairs(v: list | str) -> str | None:
     return None if ok else "must be 'auto' or a list of [student_layer, teacher_layer] pairs of integers >= 0"
 
 
+def _fractions(check: Callable[[Any], str | None], what: str) -> Callable[[Any], str | None]:
+    """One fraction, or a list of distinct ones (a multi-size run: one student each), each passing ``check``."""
+
+    def checked(v: Any) -> str | None:
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            return f"must be a number or a non-empty list of numbers ({what})"
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"must be a number or a list of numbers ({what}), got {value!r}"
+            problem = check(value)
+            if problem:
+                return f"{problem} (got {value})"
+        return "lists a size twice" if len(set(values)) != len(values) else None
+
+    return checked
+
+
 def _schedule(v: Any) -> str | None:
     """The schedule rules of ``pruners.schedules``; callables are imported at run time, not here."""
     try:
@@ -131,8 +154,13 @@ SCHEMA: dict[str, Any] = {
     "prune": {
         "method": Field(STR, "l0", check=one_of(method_names())),
         "axes": Field((list,), None, nullable=True, check=_axis_kinds),  # null: the family's default axes
-        "target_sparsity": Field(FLOAT, None, nullable=True, check=fraction),
+        # one fraction, or a list of them: one run trains stage 1 once and writes a student for each
+        "target_sparsity": Field((*FLOAT, list), None, nullable=True, check=_fractions(fraction, "removed")),
+        # fraction of the teacher's MACs per token at train.seq_len the student keeps (or a list)
+        "target_macs": Field((*FLOAT, list), None, nullable=True, check=_fractions(fraction_closed, "kept")),
         "target": Field((dict,), None, nullable=True, check=_target_sizes),
+        # what target_sparsity counts: the encoder's parameters, or all of them (embeddings included)
+        "count": Field(STR, "encoder", check=one_of(COUNTS)),
         "schedule": Field((dict, str), {"kind": "linear", "start_step": 0, "ramp_steps": 1000}, check=_schedule),
     },
     "distill": {
@@ -141,6 +169,8 @@ SCHEMA: dict[str, Any] = {
         "hidden_l1": Field(FLOAT, 1.0, check=at_least(0.0)),
         "hidden_cos": Field(FLOAT, 1.0, check=at_least(0.0)),
         "hidden_mse": Field(FLOAT, 0.0, check=at_least(0.0)),
+        "pooled_cos": Field(FLOAT, 0.0, check=at_least(0.0)),
+        "pooled_similarity": Field(FLOAT, 0.0, check=at_least(0.0)),
         "logits_kl": Field(FLOAT, 0.0, check=at_least(0.0)),
         "temperature": Field(FLOAT, 1.0, check=positive),
         "attention_relation": Field(FLOAT, 0.0, check=at_least(0.0)),
@@ -175,7 +205,11 @@ SCHEMA: dict[str, Any] = {
         "min_seconds": Field(FLOAT, 1.0, check=positive),
         "max_seconds": Field(FLOAT, 15.0, check=positive),
     },
-    "export": {"format": Field(STR, "auto", check=one_of(EXPORT_FORMATS))},
+    "export": {
+        "format": Field(STR, "auto", check=one_of(EXPORT_FORMATS)),
+        # corpus: keep only the tokens the training corpus uses (compress.vocabulary; WordPiece tokenizers)
+        "vocabulary": Field(STR, None, nullable=True, check=one_of(VOCABULARIES)),
+    },
     # passed through to transformers.TrainingArguments of both training stages (check_trainer_arguments)
     "trainer": Field((dict,), {}),
 }
@@ -191,11 +225,18 @@ def section_defaults(section: str) -> dict[str, Any]:
 
 def _check_target(data: dict[str, Any], source: str) -> None:
     prune = data["prune"]
-    if (prune["target_sparsity"] is None) == (prune["target"] is None):
+    given = [key for key in ("target_sparsity", "target_macs", "target") if prune[key] is not None]
+    if len(given) != 1:
         raise RecipeError(
-            f"{source}: set exactly one of 'prune.target_sparsity' (fraction of encoder parameters removed) "
-            f"or 'prune.target' (explicit sizes); set the other to null"
+            f"{source}: set exactly one of 'prune.target_sparsity' (fraction of encoder parameters removed), "
+            f"'prune.target_macs' (fraction of the teacher's MACs per token kept) or 'prune.target' (explicit "
+            f"sizes); set the others to null (now: {', '.join(given) or 'none'})"
         )
+    for key in ("target_sparsity", "target_macs"):
+        if isinstance(prune[key], list):  # the students of a multi-size run, largest first
+            prune[key] = sorted((float(v) for v in prune[key]), reverse=key == "target_macs")
+    if prune["method"] == "layer-drop" and prune["count"] != "encoder":
+        raise RecipeError(f"{source}: 'prune.count' applies to target_sparsity, which layer-drop does not take")
     schedule = prune["schedule"]
     if prune["method"] == "l0" and isinstance(schedule, dict) and "kind" not in schedule:
         raise RecipeError(

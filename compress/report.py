@@ -25,6 +25,7 @@ from compress.export import RECORD_FILE, TRAINING_LOG_FILE, load_student
 from compress.fingerprint import DEFAULT_TEACHER_ID, DEFAULT_TEACHER_TAIL, recorded_teacher_folder
 from compress.measure import example_batch, macs_per_unit, timed_rounds
 from compress.model_card import LAYER_KINDS, fidelity_line
+from compress.outputs import SUMMARY_MARKER
 from compress.teachers import default_teacher_path, load_teacher_model
 
 #: tokens per sequence (text) and seconds of audio (speech) that MACs are counted on, unless told otherwise
@@ -169,6 +170,12 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict | None]:
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is not a folder; pass the output folder of `compress run` (its --out)")
     path = run_dir / RECORD_FILE
+    if not path.is_file() and (run_dir / SUMMARY_MARKER).is_file():
+        students = sorted(p.name for p in run_dir.iterdir() if (p / RECORD_FILE).is_file())
+        raise RunFolderError(
+            f"{run_dir} holds the students of a multi-size run ({', '.join(students)}); pass one of them, "
+            f"e.g. {run_dir / students[0]}" if students else f"{run_dir} holds a multi-size run's summary but no student"
+        )
     if not path.is_file():
         raise RunFolderError(
             f"{run_dir} is not a compression run: it has no {RECORD_FILE}. Pass the folder `compress run` wrote "
@@ -401,7 +408,7 @@ def build_report(
     teacher_path = find_teacher(record, teacher)
     teacher_model = load_teacher_model(teacher_path)
     sizes = teacher_axis_sizes(teacher_model, record["structure"]["sizes"])
-    student = _student(run_dir)
+    student = load_run_student(run_dir)
     models = {"teacher": teacher_model.base_model.eval(), "student": student.base_model}
     speech = modality_of(teacher_model) == "speech"
     macs, unit = base_macs(teacher_model, student, seq, seconds)
@@ -419,7 +426,7 @@ def build_report(
     return report
 
 
-def _student(run_dir: Path) -> PreTrainedModel:
+def load_run_student(run_dir: Path) -> PreTrainedModel:
     """The run's student in eval mode, or one line saying why it does not load."""
     try:
         return load_student(run_dir).eval()

@@ -43,6 +43,10 @@ def fraction(v: Any) -> str | None:
     return None if 0.0 <= v < 1.0 else "must be in [0, 1): the fraction of encoder parameters removed"
 
 
+def fraction_closed(v: Any) -> str | None:
+    return None if 0.0 < v <= 1.0 else "must be in (0, 1]"
+
+
 def fraction_open(v: Any) -> str | None:
     return None if 0.0 < v < 1.0 else "must be in (0, 1)"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,8 @@ class Structure:
     encoder_parameters: int
     teacher_parameters: int
     teacher_encoder_parameters: int
+    #: student / teacher MACs per token (text) or per second of audio (speech), measured at export
+    macs_ratio: float | None = None
 
     @property
     def encoder_sparsity(self) -> float:
@@ -28,10 +30,13 @@ class Structure:
     @classmethod
     def from_dict(cls, data: dict) -> Structure:
         """Read back what ``to_dict`` wrote (e.g. the ``structure`` of a compression.json)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "encoder_sparsity": round(self.encoder_sparsity, 6)}
+        data = {**asdict(self), "encoder_sparsity": round(self.encoder_sparsity, 6)}
+        if self.macs_ratio is None:
+            del data["macs_ratio"]
+        return data
 
     def _conv_lines(self) -> list[str]:
         """Kept channels of each feature-extractor conv (speech models), or nothing."""

@@ -1,4 +1,11 @@
-"""What a method shrinks the model to: a fraction of encoder parameters, or explicit sizes by axis kind."""
+"""What a method shrinks the model to: a fraction of a cost (parameters or MACs) removed, or explicit sizes by axis kind.
+
+A fraction target counts one of three costs (``Target.measure``): the encoder's parameters (the default),
+every parameter of the model, embeddings included (``prune.count: all``), or the multiply-accumulates of
+one token (``prune.target_macs``, the fraction of the teacher's MACs the student keeps). Every cost is a
+function of the kept sizes, exact for integer sizes and differentiable for expected ones, so L0 constrains
+it and the snap and the uniform structures meet it alike.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +15,87 @@ from dataclasses import dataclass
 from typing import Any
 
 from compress.errors import TargetError
-from compress.gated import GatedModel
+from compress.gated import GatedModel, Number
+
+#: tokens per sequence MACs are counted at when no recipe says (``train.seq_len`` does in a run)
+DEFAULT_SEQ_LEN = 128
 
 
 @dataclass(frozen=True)
 class Target:
-    """``sparsity`` (fraction of encoder parameters removed) or ``sizes`` (units by axis kind), not both.
+    """``sparsity`` (fraction of ``count``'s parameters removed), ``macs`` (fraction of MACs kept) or ``sizes``.
 
     Sizes are per layer for hidden / heads / head_width / ffn / conv, and for the one-unit sublayer
-    kinds (attention / mlp) the number of layers that keep theirs.
+    kinds (attention / mlp) the number of layers that keep theirs. MACs are per token of one
+    ``seq_len``-token sequence, counted as ``compress report`` counts them.
     """
 
     sparsity: float | None = None
     sizes: Mapping[str, int] | None = None
+    macs: float | None = None
+    count: str = "encoder"
+    seq_len: int = DEFAULT_SEQ_LEN
 
     @classmethod
-    def from_prune(cls, prune: Mapping[str, Any]) -> Target:
-        """The target of a recipe's ``prune`` section."""
-        return cls(sparsity=prune["target_sparsity"], sizes=prune["target"])
+    def from_prune(cls, prune: Mapping[str, Any], seq_len: int = DEFAULT_SEQ_LEN) -> Target:
+        """The target of a recipe's ``prune`` section (of a multi-size recipe: its first, largest student)."""
+        return targets_of(prune, seq_len)[0]
 
     @classmethod
     def of(cls, target: float | Mapping[str, int]) -> Target:
         """A target from a fraction or a mapping of sizes by kind."""
         return cls(sizes=dict(target)) if isinstance(target, Mapping) else cls(sparsity=float(target))
 
+    # -- the cost the target counts ---------------------------------------------------------
+    @property
+    def measure(self) -> str:
+        """What a fraction target counts, in words (messages and records)."""
+        if self.macs is not None:
+            return "MACs per token"
+        return "parameters" if self.count == "all" else "encoder parameters"
+
+    @property
+    def label(self) -> str:
+        """A short name of this target (the folder of its student in a multi-size run): ``sparsity-0.50``."""
+        if self.macs is not None:
+            return f"macs-{self.macs:.2f}"
+        return f"sparsity-{self.sparsity:.2f}"
+
+    def cost(self, gated: GatedModel, sizes: Mapping[str, Number]) -> Number:
+        """The counted cost of the student keeping ``sizes`` (axis name -> units; absent axes keep all)."""
+        if self.macs is not None:
+            return gated.macs_per_token(sizes, self.seq_len)
+        return gated.count(sizes, encoder_only=self.count == "encoder")
+
+    def removed(self, gated: GatedModel, sizes: Mapping[str, Number]) -> Number:
+        """Fraction of the teacher's cost the student keeping ``sizes`` removes (tensor sizes: differentiable)."""
+        return 1.0 - self.cost(gated, sizes) / self.cost(gated, {})
+
+    def fraction(self, gated: GatedModel) -> float:
+        """The target as a fraction of the cost removed (explicit sizes count encoder parameters)."""
+        if self.macs is not None:
+            return 1.0 - self.macs
+        if self.sizes is None:
+            return self.sparsity
+        kept = gated.count(gated.axis_sizes(self.kind_sizes(gated)), encoder_only=True)
+        return 1.0 - kept / gated.teacher_encoder_parameters
+
+    def achieved(self, gated: GatedModel) -> float:
+        """Fraction of the cost the structure under the gates removes now."""
+        return float(self.removed(gated, gated.structure().sizes))
+
+    # -- checks -------------------------------------------------------------------------------
     def check(self, gated: GatedModel) -> None:
         """Refuse sizes for kinds that are not gated, larger than the teacher's, or a hidden size of 0."""
+        if self.macs is not None:
+            if not 0.0 < self.macs <= 1.0:
+                raise TargetError(f"target MACs fraction {self.macs} must be in (0, 1]")
+            if gated.adapter.modality != "text" or gated.adapter.family == "generic":
+                raise TargetError(
+                    "prune.target_macs counts MACs per token through a family adapter's attention and FFN; "
+                    f"the {gated.adapter.family} adapter has no such count: set prune.target_sparsity instead"
+                )
+            return
         if self.sizes is None:
             if self.sparsity is None or not 0.0 <= self.sparsity < 1.0:
                 raise TargetError(f"target sparsity {self.sparsity} must be in [0, 1)")
@@ -55,28 +117,53 @@ class Target:
                 raise TargetError("prune.target.hidden = 0 would remove the whole residual stream; choose >= 1")
 
     def check_reachable(self, gated: GatedModel) -> None:
-        """Refuse a sparsity above what the gated axes can remove (``reachable_sparsity``), naming the largest.
+        """Refuse a fraction above what the gated axes can remove (``floor_sizes``), naming the largest.
 
         A run checks it before training; a uniform structure (``kind_sizes``) checks it too, so a
         scheduled or one-shot method refuses the target rather than quietly removing less.
         """
         self.check(gated)
-        if self.sizes is None and self.sparsity > (most := reachable_sparsity(gated)):
-            raise TargetError(_unreachable(self.sparsity, most, gated))
+        if self.sizes is not None:
+            return
+        most = float(self.removed(gated, floor_sizes(gated)))
+        if self.fraction(gated) > most:
+            raise TargetError(_unreachable(self, most, gated))
 
     def kind_sizes(self, gated: GatedModel) -> dict[str, int]:
-        """Units each axis kind keeps in the end: the explicit sizes, or a uniform structure at the sparsity."""
+        """Units each axis kind keeps in the end: the explicit sizes, or a uniform structure at the fraction."""
         self.check_reachable(gated)
         if self.sizes is not None:
             return dict(self.sizes)
-        return gated.uniform_kind_sizes(self.sparsity)
+        return gated.uniform_kind_sizes(self.fraction(gated), lambda sizes: self.cost(gated, sizes))
 
     def encoder_sparsity(self, gated: GatedModel) -> float:
         """The target as a fraction of encoder parameters removed (explicit sizes are counted)."""
-        if self.sizes is None:
+        if self.sizes is None and self.macs is None and self.count == "encoder":
             return self.sparsity
         kept = gated.count(gated.axis_sizes(self.kind_sizes(gated)), encoder_only=True)
         return 1.0 - kept / gated.teacher_encoder_parameters
+
+    def to_dict(self) -> dict[str, Any]:
+        """What compression.json records of the target (``metrics``)."""
+        if self.macs is not None:
+            return {"target_macs": self.macs, "macs_seq_len": self.seq_len}
+        if self.sizes is not None:
+            return {"target_sizes": dict(self.sizes)}
+        return {"target_sparsity": self.sparsity, "target_count": self.count}
+
+
+def targets_of(prune: Mapping[str, Any], seq_len: int = DEFAULT_SEQ_LEN) -> list[Target]:
+    """Every student's target of a recipe's ``prune`` section, largest student first (one unless a list is given)."""
+    count = prune.get("count", "encoder")
+    if prune.get("target_macs") is not None:
+        return [Target(macs=float(m), count=count, seq_len=seq_len) for m in _as_list(prune["target_macs"])]
+    if prune["target"] is not None:
+        return [Target(sizes=prune["target"], count=count, seq_len=seq_len)]
+    return [Target(sparsity=float(s), count=count, seq_len=seq_len) for s in _as_list(prune["target_sparsity"])]
+
+
+def _as_list(value: float | list[float]) -> list[float]:
+    return list(value) if isinstance(value, list) else [value]
 
 
 def floor_sizes(gated: GatedModel) -> dict[str, int]:
@@ -90,13 +177,14 @@ def floor_sizes(gated: GatedModel) -> dict[str, int]:
 
 def reachable_sparsity(gated: GatedModel) -> float:
     """The largest fraction of encoder parameters the gated axes can remove (``floor_sizes``)."""
-    return 1.0 - gated.count(floor_sizes(gated), encoder_only=True) / gated.teacher_encoder_parameters
+    return float(Target(sparsity=0.0).removed(gated, floor_sizes(gated)))
 
 
-def _unreachable(sparsity: float, most: float, gated: GatedModel) -> str:
-    """The refusal of a sparsity above ``most``: what is pruned, what stays, and what to change."""
-    kept, total = gated.count(floor_sizes(gated), encoder_only=True), gated.teacher_encoder_parameters
-    stays = f"{kept:,} of the {total:,} encoder parameters stay"
+def _unreachable(target: Target, most: float, gated: GatedModel) -> str:
+    """The refusal of a fraction above ``most``: what is pruned, what stays, and what to change."""
+    floor = floor_sizes(gated)
+    kept, total = int(target.cost(gated, floor)), int(target.cost(gated, {}))
+    stays = f"{kept:,} of the {total:,} {target.measure} stay"
     if gated.adapter.family == "generic":
         how = "pruning FFN units only"
         detail = f"{most:.2%}: every layer keeps at least one FFN unit, and {stays}"
@@ -109,7 +197,8 @@ def _unreachable(sparsity: float, most: float, gated: GatedModel) -> str:
         sublayers = " and every gated sublayer removed" if any(a.size == 1 for a in gated.gated_axes()) else ""
         detail = f"{most:.2%}: even with one unit left on each gated axis{sublayers}, {stays}"
         fix = f"lower the target or add {' / '.join(more)} to prune.axes" if more else "lower the target"
-    return (
-        f"prune.target_sparsity={sparsity} cannot be reached by {how}: at most {math.floor(most * 100) / 100:.2f} of "
-        f"encoder parameters ({detail}); {fix}"
-    )
+    if target.macs is not None:
+        asked = f"prune.target_macs={target.macs} cannot be reached by {how}: at least {math.ceil((1 - most) * 100) / 100:.2f} of MACs stay"
+    else:
+        asked = f"prune.target_sparsity={target.sparsity} cannot be reached by {how}: at most {math.floor(most * 100) / 100:.2f} of {target.measure}"
+    return f"{asked} ({detail}); {fix}"

@@ -99,6 +99,11 @@ class CompressionTrainer(Trainer):
             for name, param in model.named_parameters():
                 if not name.startswith(ATTACHED_PREFIX) and not trainable(name):
                     param.requires_grad_(False)
+        for param in model.parameters():
+            # An emptied tensor (the Q/K/V of a layer that kept no head) has nothing to learn and gets no
+            # gradient, which DDP refuses for a trainable parameter.
+            if param.numel() == 0:
+                param.requires_grad_(False)
         model.add_module(DISTILL_ATTR, distillation)
         if guard is not None:
             # First in line: a non-finite step stops before a method's hooks or the optimiser use it.

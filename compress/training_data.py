@@ -37,6 +37,8 @@ class TrainingData:
     fidelity: Fidelity | None
     #: how text fidelity embeds (the teacher's pooling), for the record; None for speech (mean over frames)
     pooling: Pooling | None = None
+    #: the text corpus trained on (a built-in name, file, folder or hub id); None for speech
+    source: str | Path | None = None
 
 
 def training_data(
@@ -67,7 +69,9 @@ def _text_data(recipe: Recipe, tokenizer: Any, source: str | Path, pooling: Pool
     def fidelity(teacher: PreTrainedModel, student: PreTrainedModel) -> float:
         return embedding_fidelity(teacher, student, tokenizer, sentences, pooling=pooling)
 
-    return TrainingData(blocks, collator, "held_out_sentences", len(sentences), fidelity if sentences else None, pooling)
+    return TrainingData(
+        blocks, collator, "held_out_sentences", len(sentences), fidelity if sentences else None, pooling, source
+    )
 
 
 def _speech_data(recipe: Recipe, extractor: Any, source: str | Path | None) -> TrainingData:

@@ -1,8 +1,9 @@
 """Gates: vectors z in [0, 1]^n that switch structural units on and off.
 
 ``HardConcreteGate`` is the L0 relaxation of Louizos et al. used by CoFi and DPHuBERT: a stretched,
-clipped concrete sample while training, and at evaluation a deterministic mask that zeroes the
-expected number of units. ``FixedGate`` is a constant 0/1 mask (one-shot structures, top-k).
+clipped concrete sample while training, and at evaluation a deterministic vector built from medians
+of that distribution (a freshly initialised gate is exactly 1). ``FixedGate`` is a constant 0/1 mask
+(one-shot structures, top-k).
 """
 
 from __future__ import annotations
@@ -55,35 +56,70 @@ class HardConcreteGate(Gate):
         self.low, self.high = stretch
         mean = math.log(init_keep / (1.0 - init_keep))
         self.log_alpha = nn.Parameter(torch.randn(size) * init_std + mean)
-        # Shift of log_alpha used only to count the units kept at evaluation (see ``snap``).
+        # Set by the L0 method's snap (``snap``): a shift of log_alpha that only counts the units kept at evaluation.
         self.register_buffer("count_shift", torch.zeros(()))
+        self.register_buffer("snapped", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def zero_point(self) -> float:
+        """The ``log_alpha`` at which P(z > 0) = 1/2: beta * log(-low / high)."""
+        return self.temperature * math.log(-self.low / self.high)
 
     def expected_kept(self, count_shift: float | torch.Tensor = 0.0) -> torch.Tensor:
         """Sum over units of P(z > 0), the expected L0 norm (of ``log_alpha - count_shift``)."""
-        shift = self.temperature * math.log(-self.low / self.high)
-        return torch.sigmoid(self.log_alpha - count_shift - shift).sum()
+        return torch.sigmoid(self.log_alpha - count_shift - self.zero_point).sum()
 
     def sample(self) -> torch.Tensor:
         """A reparameterised hard-concrete sample (gradients reach ``log_alpha``)."""
         eps = 1e-6
         u = torch.rand_like(self.log_alpha).clamp(eps, 1.0 - eps)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
-        return (s * (self.high - self.low) + self.low).clamp(0.0, 1.0)
+        return self._stretched((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
+
+    def _stretched(self, logits: torch.Tensor) -> torch.Tensor:
+        """sigmoid(logits) stretched to (low, high) and clipped to [0, 1]: the hard-concrete transform."""
+        return (torch.sigmoid(logits) * (self.high - self.low) + self.low).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def snap(self, shift: float) -> None:
+        """Fix how many units evaluation keeps: the rounded expected L0 norm of ``log_alpha - shift`` (see ``deterministic``)."""
+        self.count_shift.fill_(shift)
+        self.snapped.fill_(True)
+
+    def kept_mask(self) -> torch.Tensor:
+        """Which units evaluation keeps: those more likely on than off, or once snapped the counted highest ones.
+
+        Unsnapped, a unit is kept when P(z > 0) > 1/2. Snapped (``snap``), the gate keeps its
+        round(expected L0 norm at ``log_alpha - count_shift``) units of highest ``log_alpha`` (CoFi's
+        count): a shared shift then takes units from every gate in proportion to their keep
+        probabilities, where a threshold would take a barely trained gate's units all at once.
+        """
+        if not self.snapped:
+            return self.log_alpha > self.zero_point
+        count = round(float(self.expected_kept(self.count_shift).detach()))
+        mask = torch.zeros(self.size, dtype=torch.bool, device=self.log_alpha.device)
+        mask[torch.topk(self.log_alpha.detach(), k=count).indices] = True
+        return mask
 
     def deterministic(self) -> torch.Tensor:
-        """Soft keep values with the round(expected number of zeros) lowest set to exactly 0.
+        """Medians of the hard-concrete distribution: which units are on, and the value each carries when on.
 
-        This is the evaluation rule of CoFi / DPHuBERT: the kept count equals the expected L0 norm,
-        kept units carry sigmoid(0.8 * log_alpha / beta), which the fold multiplies into weights.
-        A non-zero ``count_shift`` (set when snapping a structure to an exact size) changes only how
-        many units are kept, never the values of the kept ones.
+        Which units are on is ``kept_mask``: the units ranked highest by ``log_alpha``, so
+        ``expected_kept(count_shift)`` is its smooth counterpart. A kept unit carries the median of z
+        given z > 0, the value its "on" samples centre on: the sample at u = 1 - P(z > 0) / 2, which
+        works out to the hard-concrete transform of logaddexp(log_alpha, zero_point + log 2) / beta.
+        That value depends on ``log_alpha`` alone, rises with it, and is never 0 (at least ~0.145 with
+        the default temperature and stretch), so a ``count_shift`` (set when the L0 snap meets an exact
+        size) changes only how many units are kept, never the values of the kept ones, and every unit
+        it keeps is non-zero. Unsnapped, the kept set is where the plain median of z is non-zero,
+        and both medians are 1 once ``log_alpha`` is above ~1.6: a fresh gate (``init_keep`` 0.9, or
+        anything above ~0.83) is exactly 1 on every unit, so attaching leaves the model equal to the
+        teacher. (CoFi's rule instead zeroes round(expected zeros) units and scales the rest by
+        sigmoid(0.8 log_alpha / beta) < 1.)
         """
-        num_zeros = round(self.size - float(self.expected_kept(self.count_shift).detach()))
-        soft = torch.sigmoid(self.log_alpha / self.temperature * 0.8)
-        if num_zeros <= 0:
-            return soft
-        drop = torch.topk(soft.detach(), k=num_zeros, largest=False).indices
-        return soft.index_fill(0, drop, 0.0)
+        kept = self.kept_mask()
+        floor = self.log_alpha.new_tensor(self.zero_point + math.log(2.0))
+        on_median = self._stretched(torch.logaddexp(self.log_alpha, floor) / self.temperature)
+        return torch.where(kept, on_median, torch.zeros_like(on_median))
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.deterministic()

@@ -216,6 +216,15 @@ def _for_entry(name: str, action: Callable[[ScheduleSpec], Any], spec: ScheduleS
         raise ValueError(f"schedule for {name!r}: {err}") from err
 
 
+def compressed(schedule: Schedule, scale: float) -> Schedule:
+    """``schedule`` run ``scale`` times faster: its ramp, written for a whole run, fits one part of it.
+
+    A multi-size run trains each student's part of stage 1 in ``1 / scale`` of the steps; the recipe's
+    schedule (start, ramp) keeps its shape within each part.
+    """
+    return schedule if scale == 1 else (lambda step: schedule(int(step * scale)))
+
+
 def resolve_axis_schedules(spec: Any, kinds: Sequence[str]) -> dict[str, Schedule]:
     """One schedule per axis kind in ``kinds``.
 

@@ -6,6 +6,11 @@ see: ``x -> C x``. At identity the model is the teacher. The fold composes them 
 ``W_w <- R W_w``, ``b_w <- R b_w``, ``W_r <- W_r C``; slicing the kept units S then gives the
 student's ``R[S, :] W`` and ``W C[:, S]``: every kept unit is a learned combination of all teacher
 units. Removed units are zeroed in the compactors (R's rows, C's columns), which the fold checks.
+
+While training, the forward multiplies each compactor where it is cheaper (``CompactorSet.path``):
+into the weight the module multiplies, ``R W`` / ``W C`` computed once per forward (a weight-sized
+product), or into the activations, a product per token. A step's cost then no longer grows with
+batch x sequence for the modules whose weight is the smaller side; what is learned is the same.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from reparam.axes import Axis, TensorDim
 from reparam.fold import unit_rows
@@ -69,6 +75,25 @@ def compactor_sites(axes: list[Axis], sides: Mapping[str, Iterable[Side]], layou
     return sites
 
 
+class _SquaredSums(torch.autograd.Function):
+    """Sums of squares of a matrix along ``dim``, with a one-pass backward (``2 w g``).
+
+    Autograd's own ``square().sum()`` makes several matrix-sized temporaries in its backward; the
+    compactors are the largest matrices the shrink penalty touches every step.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.dim = dim
+        return (weight * weight).sum(dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (weight,) = ctx.saved_tensors
+        return weight * (2 * grad).unsqueeze(ctx.dim), None
+
+
 class Compactor(nn.Module):
     """A square matrix over ``rows`` axis rows, identity at start, with a mask of the rows (units) still kept.
 
@@ -87,10 +112,15 @@ class Compactor(nn.Module):
         return self.weight * (keep[:, None] if self.side == "writer" else keep[None, :])
 
     def unit_norms(self, axis: Axis) -> torch.Tensor:
-        """L2 norm of each unit's rows (writer) or columns (reader): the shrink penalty's groups."""
-        weight = self.weight if self.side == "writer" else self.weight.t()
-        by_unit = weight.reshape(axis.copies, axis.size, axis.group, -1).transpose(0, 1)
-        return by_unit.reshape(axis.size, -1).norm(dim=1)
+        """L2 norm of each unit's rows (writer) or columns (reader): the shrink penalty's groups.
+
+        The root of summed squares (``_SquaredSums``; this runs every step, and torch's norm over
+        columns is many times slower); a removed unit's norm is 0 with a zero gradient, as ``norm``'s is.
+        """
+        per_row = _SquaredSums.apply(self.weight, 1 if self.side == "writer" else 0)
+        squares = per_row.reshape(axis.copies, axis.size, axis.group).sum(dim=(0, 2))
+        nonzero = squares > 0
+        return torch.where(nonzero, torch.where(nonzero, squares, 1.0).sqrt(), 0.0)
 
     @torch.no_grad()
     def remove(self, axis: Axis, kept_units: torch.Tensor) -> None:
@@ -102,28 +132,100 @@ class Compactor(nn.Module):
 
     @torch.no_grad()
     def enforce(self) -> None:
-        """Re-zero removed units in the parameter (an optimiser's momentum may have moved them)."""
-        self.weight.copy_(self.matrix())
+        """Re-zero removed units in the parameter (an optimiser's momentum may have moved them).
+
+        Only the removed rows (writer) or columns (reader) are written: this runs after every step.
+        """
+        removed = torch.nonzero(self.keep == 0).flatten()
+        if removed.numel():
+            self.weight.index_fill_(0 if self.side == "writer" else 1, removed, 0.0)
 
 
-class _MixOutput:
-    def __init__(self, compactor: Compactor) -> None:
-        self.compactor = compactor
+#: Where a compactor multiplies during the forward: ``weights`` composes it into the weight the module
+#: multiplies (``R W``, ``W C``, ``R b``: a weight-sized product, whatever the batch), ``activations``
+#: multiplies the module's input or output (a product per token), ``auto`` the cheaper of the two for
+#: each module and call. Outputs and gradients are the same either way, to float error.
+MixPath = Literal["auto", "weights", "activations"]
+_COMPOSED = ("weight", "bias")
 
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output @ self.compactor.matrix().to(output.dtype).t()
+
+def _composable(module: nn.Module) -> bool:
+    """Whether the module's forward reads its plain ``weight`` / ``bias`` attributes, so composed ones can stand in.
+
+    A parametrised weight is a property (it would hide the composed one); an embedding's padding row
+    gets no gradient and a max-norm one is renormalised in place, so their composed tables would differ.
+    """
+    if not isinstance(module, (nn.Linear, nn.Embedding)) or parametrize.is_parametrized(module):
+        return False
+    return not isinstance(module, nn.Embedding) or (module.padding_idx is None and module.max_norm is None)
 
 
-class _MixInput:
-    def __init__(self, compactor: Compactor) -> None:
-        self.compactor = compactor
+class _ModuleCompactors:
+    """The writer and / or reader compactor of one module, put into its forward by a pre-hook and a hook.
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (args[0] @ self.compactor.matrix().to(args[0].dtype).t(), *args[1:])
+    On the weight path the pre-hook composes the compactors into the module's weight and bias and
+    sets the results as instance attributes, which the module's forward reads in place of its
+    parameters (the parameters themselves, and so the state dict and the optimiser, are untouched);
+    the hook removes them again. On the activation path the pre-hook mixes the input (reader) and
+    the hook the output (writer). The pre-hook runs after the module's other pre-hooks (a reader
+    reads gated inputs), the hook before its other hooks (a gate on the same output sees mixed rows).
+    """
+
+    def __init__(self, owner: CompactorSet, writer: Compactor | None, reader: Compactor | None) -> None:
+        self.owner = owner
+        self.writer = writer
+        self.reader = reader
+
+    def _on_weights(self, module: nn.Module, x: torch.Tensor) -> tuple[bool, bool]:
+        """(writer, reader): whether each compactor goes into the weight for this call.
+
+        A compactor of width ``m`` costs ``rows * m^2`` multiply-adds on the activations (``rows``:
+        tokens of the call) and ``k * m^2`` on the weight, ``k`` the weight's other dimension (a
+        Linear's input width for its writer, output width for its reader; an embedding's table rows).
+        """
+        path = self.owner.path
+        if path == "activations" or not _composable(module):
+            return False, False
+        if isinstance(module, nn.Embedding):
+            writer_k, reader_k, rows = module.num_embeddings, 0, x.numel()
+        else:
+            writer_k, reader_k, rows = module.in_features, module.out_features, x.numel() // x.shape[-1]
+        on = (lambda k: True) if path == "weights" else (lambda k: k < rows)
+        return self.writer is not None and on(writer_k), self.reader is not None and on(reader_k)
+
+    def before(self, module: nn.Module, args: tuple) -> tuple:
+        for name in _COMPOSED:  # a forward that raised may have left them
+            module.__dict__.pop(name, None)
+        x = args[0]
+        writer, reader = self._on_weights(module, x)
+        if writer or reader:
+            weight, bias = module._parameters["weight"], module._parameters.get("bias")
+            if reader:
+                weight = weight @ self.reader.matrix().to(weight.dtype)
+            if writer:
+                mixing = self.writer.matrix().to(weight.dtype)
+                # An embedding table holds the axis along its columns, a Linear along its rows.
+                weight = weight @ mixing.t() if isinstance(module, nn.Embedding) else mixing @ weight
+                if bias is not None:
+                    module.__dict__["bias"] = mixing @ bias
+            module.__dict__["weight"] = weight
+        if self.reader is not None and not reader:
+            x = x @ self.reader.matrix().to(x.dtype).t()
+        return (x, *args[1:])
+
+    def after(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        for name in _COMPOSED:
+            module.__dict__.pop(name, None)
+        if self.writer is not None and not self._on_weights(module, args[0])[0]:
+            output = output @ self.writer.matrix().to(output.dtype).t()
+        return output
 
 
 class CompactorSet(nn.Module):
-    """Every compactor of a model by site key; parameter names contain ``compactor``."""
+    """Every compactor of a model by site key; parameter names contain ``compactor``.
+
+    ``path`` (a ``MixPath``) says where the compactors multiply during the forward; ``auto`` by default.
+    """
 
     def __init__(self, axes: list[Axis], sites: list[CompactorSite]) -> None:
         super().__init__()
@@ -132,24 +234,29 @@ class CompactorSet(nn.Module):
         self.compactors = nn.ModuleDict(
             {site.key: Compactor(by_name[site.axis].rows, site.side) for site in sites}
         )
+        self.path: MixPath = "auto"
 
     def for_axis(self, axis: str) -> list[tuple[CompactorSite, Compactor]]:
         return [(site, self.compactors[key]) for key, site in self.sites.items() if site.axis == axis]
 
     def install(self, model: nn.Module, hooks: HookSet) -> None:
-        """Hook every compactor into ``model``'s forward, recording the hooks in ``hooks``.
+        """Put every compactor into ``model``'s forward, recording the hooks in ``hooks``.
 
-        Writer compactors run before any other output hook (a gate on the same output must see
-        the mixed rows); reader compactors run after other input hooks (they read gated inputs).
+        Each module gets one pre-hook and one hook for its compactors (``_ModuleCompactors``); the
+        hook runs before any other hook on the module's output, the pre-hook after the other pre-hooks.
         """
+        by_module: dict[str, dict[Side, Compactor]] = {}
         for key, site in self.sites.items():
-            compactor = self.compactors[key]
             for name in site.modules:
-                module = model.get_submodule(name)
-                if site.side == "writer":
-                    hooks.add(module, _MixOutput(compactor), prepend=True)
-                else:
-                    hooks.add(module, _MixInput(compactor), pre=True)
+                sides = by_module.setdefault(name, {})
+                if site.side in sides:
+                    raise ValueError(f"module {name} has two {site.side} compactors")
+                sides[site.side] = self.compactors[key]
+        for name, sides in by_module.items():
+            module = model.get_submodule(name)
+            entry = _ModuleCompactors(self, sides.get("writer"), sides.get("reader"))
+            hooks.add(module, entry.before, pre=True)
+            hooks.add(module, entry.after, prepend=True)
 
 
 def _mix(tensor: torch.Tensor, dim: int, matrix: torch.Tensor) -> torch.Tensor:

@@ -41,14 +41,14 @@ def test_short_run_meets_the_size_target_and_exports_a_loadable_student(tiny_tea
     record = json.loads((out / "compression.json").read_text())
     assert abs(record["structure"]["encoder_sparsity"] - 0.5) <= 0.01
     metrics = record["metrics"]
-    assert metrics["sparsity_learned"] > 0.1, "the Lagrangian moved the gates toward the target"
     assert -1.0 <= metrics["fidelity_after_prune"] <= 1.0 and -1.0 <= metrics["fidelity_after_finetune"] <= 1.0
     student = transformers.AutoModel.from_pretrained(out, trust_remote_code=True)
     assert sum(p.numel() for p in student.parameters()) == record["student_parameters"]
     logs = json.loads((out / "training_log.json").read_text())
     prune = [e for e in logs["prune"] if "expected_sparsity" in e]
     assert prune[-1]["target_sparsity"] == 0.5 and prune[-1]["lambda_2"] > 0
-    assert prune[-1]["expected_sparsity"] > 2 * prune[0]["expected_sparsity"]
+    moved = prune[-1]["expected_sparsity"] > 2 * prune[0]["expected_sparsity"]
+    assert moved, "the Lagrangian moved the gates toward the target"
     finetune = [e["loss"] for e in logs["finetune"] if "loss" in e]
     assert sum(finetune[-2:]) < sum(finetune[:2]), "distillation of the folded student lowers its loss"
 

@@ -34,17 +34,52 @@ def test_hard_concrete_expected_kept_matches_the_sampling_frequency():
     assert abs(frequency.item() - gate.expected_kept().item()) < 0.05
 
 
-def test_hard_concrete_deterministic_zeroes_the_expected_number_of_units():
+def test_hard_concrete_deterministic_is_the_median_on_given_on():
+    """Kept where P(z > 0) > 1/2; a kept unit carries the median of its samples that are > 0."""
+    torch.manual_seed(0)
     gate = HardConcreteGate(10)
     gate.log_alpha.data = torch.tensor([5.0, 4, 3, 2, 1, 0, -1, -2, -3, -4])
-    expected_zeros = round(10 - gate.expected_kept().item())
     z = gate.eval()()
-    assert int((z == 0).sum()) == expected_zeros == 3
+    on = torch.sigmoid(gate.log_alpha - gate.zero_point)
+    assert torch.equal(z > 0, on > 0.5) and int((z == 0).sum()) == 3
     assert torch.equal(z == 0, torch.arange(10) >= 7), "the lowest log_alpha are the ones zeroed"
-    kept = z[z > 0]
-    assert torch.allclose(kept, torch.sigmoid(gate.log_alpha[:7] / gate.temperature * 0.8))
+    samples = torch.stack([gate.sample() for _ in range(20000)]).detach()
+    for unit in range(7):
+        positive = samples[:, unit][samples[:, unit] > 0]
+        assert abs(positive.median().item() - z[unit].item()) < 0.02
+    assert (z[:4] == 1).all() and (z[4:7] < 1).all()
     gate.train()
     assert not torch.equal(gate(), gate()), "in training mode the gate samples"
+
+
+def test_fresh_hard_concrete_gate_is_exactly_one():
+    torch.manual_seed(0)
+    gate = HardConcreteGate(5000).eval()
+    assert torch.equal(gate(), torch.ones(5000))
+
+
+def test_count_shift_changes_the_kept_count_not_the_kept_values():
+    gate = HardConcreteGate(10).eval()
+    gate.log_alpha.data = torch.tensor([5.0, 4, 3, 2, 1, 0, -1, -2, -3, -4])
+    gate.snap(-30.0)
+    every = gate().detach()
+    assert (every > 0).all(), "every unit a shift keeps carries a non-zero value"
+    for shift, kept in ((-2.0, 9), (0.0, 7), (2.5, 5), (4.0, 3), (30.0, 0)):
+        gate.snap(shift)
+        highest = torch.arange(10) < kept  # the highest log_alpha are the ones kept
+        assert torch.equal(gate().detach(), torch.where(highest, every, torch.zeros(10)))
+
+
+def test_a_snap_takes_units_from_barely_trained_gates_in_proportion():
+    """A shared shift on gates whose units all sit near one log_alpha keeps a share of each, not all or none."""
+    gates = [HardConcreteGate(100).eval(), HardConcreteGate(100).eval()]
+    for gate, level in zip(gates, (1.0, 0.0)):
+        gate.log_alpha.data = level + torch.linspace(-0.01, 0.01, 100)
+    assert [int(g().count_nonzero()) for g in gates] == [100, 100]  # both more likely on than off
+    for gate in gates:
+        gate.snap(2.0)
+    kept = [int(g().count_nonzero()) for g in gates]
+    assert kept == [round(float(g.expected_kept(2.0).detach())) for g in gates] == [65, 40]
 
 
 def test_fixed_gate_and_gate_set_replacement():

@@ -194,8 +194,10 @@ def test_run_records_teacher_hash_and_macs_and_the_card_shows_them(minilm, tmp_p
     teacher = load_teacher_model(teacher_dir)
     assert record["teacher_hash"] == teacher_hash(teacher)
     student = compress.load_student(out).eval()
-    (teacher_macs, student_macs), unit = base_macs(teacher, student)
+    # counted at the recipe's train.seq_len, the length prune.target_macs is set at
+    (teacher_macs, student_macs), unit = base_macs(teacher, student, seq=record["recipe"]["train"]["seq_len"])
     assert record["metrics"]["macs"] == {"teacher": teacher_macs, "student": student_macs, "unit": unit}
+    assert record["structure"]["macs_ratio"] == pytest.approx(student_macs / teacher_macs, abs=1e-6)
 
     front, body = read_card(out)
     assert "base_model" not in front

@@ -187,8 +187,9 @@ def test_short_dphubert_run_meets_the_target_and_exports_a_loadable_student(teac
     assert abs(record["structure"]["encoder_sparsity"] - 0.75) <= 0.01
     metrics = record["metrics"]
     assert metrics["held_out_clips"] == 6 and -1.0 <= metrics["fidelity_after_finetune"] <= 1.0
-    assert metrics["sparsity_learned"] > 0.1, "the Lagrangian moved the gates toward the target"
     logs = json.loads((out / "training_log.json").read_text())
+    expected = [e["expected_sparsity"] for e in logs["prune"] if "expected_sparsity" in e]
+    assert expected[-1] > 3 * expected[0], "the Lagrangian moved the gates toward the target"
     prune = [e["distill_loss"] for e in logs["prune"] if "distill_loss" in e]
     assert sum(prune[-3:]) < sum(prune[:3]), "distillation lowers the gated model's loss while it is pruned"
     finetune = [e["loss"] for e in logs["finetune"] if "loss" in e]

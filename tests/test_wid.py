@@ -11,7 +11,8 @@ import transformers
 import compress
 from compress.methods.wid.method import COMPACTORS_ATTR
 from conftest import load_elsewhere, save_tiny_teacher, tiny_bert_config, token_batch
-from reparam.compactors import compose_compactors
+from reparam.axes import Axis
+from reparam.compactors import Compactor, compose_compactors
 
 WID = {"prune.method": "wid", "prune.axes": ["hidden", "heads", "ffn"]}
 
@@ -216,3 +217,73 @@ def test_mlm_objective_needs_an_mlm_head(minilm, tmp_path):
     teacher, tokenizer = minilm
     with pytest.raises(compress.RecipeError, match="train.objective=mlm needs a text teacher with a masked-LM head"):
         compress.run("bert-wid", teacher=teacher, processor=tokenizer, out=tmp_path / "run", overrides={"train.objective": "mlm"})
+
+
+def _outputs_and_gradients(job: compress.CompressionJob, path: str, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], set[str]]:
+    """One training forward and backward with the compactors on ``path``; which modules read a composed weight."""
+    job.method.compactors.path = path
+    composed: set[str] = set()
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, name=name: composed.add(name) if "weight" in m.__dict__ else None)
+        for name, module in job.model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
+    ]
+    job.model.train().zero_grad(set_to_none=True)
+    torch.manual_seed(3)  # the same dropout masks on both paths
+    out = job.model(**batch)
+    for handle in handles:
+        handle.remove()
+    result = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    # A fixed random projection: every output reaches the loss (a LayerNorm output's mean square hardly would).
+    (result * torch.randn(result.shape, generator=torch.Generator().manual_seed(4))).sum().backward()
+    grads = {name: p.grad.clone() for name, p in job.model.named_parameters() if p.grad is not None}
+    return result.detach(), grads, composed
+
+
+@pytest.mark.parametrize("model_cls, layout", [(transformers.BertModel, "shared"), (transformers.BertForMaskedLM, "per-tensor")])
+def test_compactors_composed_into_the_weights_learn_what_mixed_activations_learn(model_cls, layout):
+    """The training forward composes compactors into weights (the speed-up); outputs and gradients stay the same."""
+    torch.manual_seed(0)
+    teacher = model_cls(tiny_bert_config()).eval()
+    job = compress.attach(teacher, compress.load_recipe("bert-wid").override({**WID, "prune.compactor_layout": layout}))
+    _perturb(job, 0.1)
+    job.method.one_shot()  # removed units too: masked compactor rows and columns
+    batch = token_batch(teacher.config.vocab_size)
+    expected, expected_grads, none = _outputs_and_gradients(job, "activations", batch)
+    assert not none
+    largest = max(float(g.norm()) for g in expected_grads.values())
+    for path in ("weights", "auto"):
+        got, grads, composed = _outputs_and_gradients(job, path, batch)
+        assert (got - expected).abs().max() <= 1e-5
+        assert grads.keys() == expected_grads.keys()
+        assert any("compactor" in name for name in grads) and any(name.endswith("dense.weight") for name in grads)
+        for name, grad in grads.items():
+            want = expected_grads[name]
+            # Key biases get no gradient (softmax ignores a constant per query): their float noise is
+            # compared with the largest gradient instead.
+            scale = max(float(want.norm()), 1e-4 * largest)
+            assert float((grad - want).norm()) <= 1e-5 * scale, f"{path}: gradient of {name}"
+        if path == "weights":
+            for part in ("layer.0.attention.self.query", "layer.0.attention.output.dense", "layer.0.output.dense", "token_type_embeddings"):
+                assert any(name.endswith(part) for name in composed), f"{part} reads its compacted weight"
+            assert not any(name.endswith("word_embeddings") for name in composed), "a padding row gets no gradient: never composed"
+    assert not any(name in m.__dict__ for m in job.model.modules() for name in ("weight", "bias")), "no composed weight is left behind"
+
+
+@pytest.mark.parametrize("side", ["writer", "reader"])
+def test_unit_norms_are_each_units_l2_norm_with_finite_gradients_at_removed_units(side):
+    """The shrink penalty's groups: every row (writer) or column (reader) of a unit, in the axis's row layout."""
+    for axis in (Axis("h", "heads", 4, group=3), Axis("w", "head_width", 3, copies=4)):
+        compactor = Compactor(axis.rows, side)
+        with torch.no_grad():
+            compactor.weight.add_(torch.randn(compactor.weight.shape, generator=torch.Generator().manual_seed(0)))
+        compactor.remove(axis, torch.tensor([0, 2]))
+        weight = compactor.weight if side == "writer" else compactor.weight.t()
+        by_unit = weight.reshape(axis.copies, axis.size, axis.group, -1).transpose(0, 1).reshape(axis.size, -1)
+        norms = compactor.unit_norms(axis)
+        assert torch.allclose(norms, by_unit.norm(dim=1), rtol=1e-6, atol=0)
+        assert norms[1] == 0, "a removed unit's norm is exactly zero"
+        norms.sum().backward()
+        assert torch.isfinite(compactor.weight.grad).all()
+        expected = torch.autograd.grad(by_unit.norm(dim=1)[[0, 2]].sum(), compactor.weight)[0]
+        assert torch.allclose(compactor.weight.grad, expected, rtol=1e-5, atol=1e-7)

@@ -199,15 +199,21 @@ class BertAdapter(EncoderAdapter):
         return {}
 
 
+#: RoBERTa's head modules (``lm_head``, two-layer classifier) as (mlm_transform, squashing, readers)
+ROBERTA_HEADS = (
+    ("lm_head.dense", "lm_head.layer_norm"),
+    ("classifier.dense",),
+    ("lm_head.decoder", "classifier", "classifier.out_proj", "qa_outputs"),
+)
+
+
 class RobertaAdapter(BertAdapter):
     """RoBERTa: BERT's modules; positions count after the padding index; ``lm_head`` and a two-layer classifier."""
 
     family = "roberta"
     student_classes = head_classes("Roberta", "CompressedRoberta")
     compressed_config = students.CompressedRobertaConfig
-    mlm_transform = ("lm_head.dense", "lm_head.layer_norm")
-    squashing = ("classifier.dense",)
-    readers = ("lm_head.decoder", "classifier", "classifier.out_proj", "qa_outputs")
+    mlm_transform, squashing, readers = ROBERTA_HEADS
 
 
 class XLMRobertaAdapter(RobertaAdapter):
@@ -291,9 +297,7 @@ class MPNetAdapter(BertAdapter):
     family = "mpnet"
     student_classes = head_classes("MPNet", "CompressedMPNet")
     compressed_config = students.CompressedMPNetConfig
-    mlm_transform = ("lm_head.dense", "lm_head.layer_norm")
-    squashing = ("classifier.dense",)
-    readers = ("lm_head.decoder", "classifier", "classifier.out_proj", "qa_outputs")
+    mlm_transform, squashing, readers = ROBERTA_HEADS  # MPNet's heads are RoBERTa's
 
     def is_stock_shape(self, sizes: Mapping[str, int]) -> bool:
         heads, _ = self._attention_shape(sizes)

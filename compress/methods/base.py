@@ -9,7 +9,7 @@ format and one fold.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,11 +66,23 @@ class PruningMethod:
     def __init__(self, gated: GatedModel, settings: MethodSettings) -> None:
         self.gated = gated
         self.settings = settings
+        #: how much faster than written the recipe's schedule runs (a multi-size run's parts are shorter)
+        self.schedule_scale = 1.0
 
     @classmethod
     def initial_gate(cls, axis: Axis) -> Gate:
         """The gate an axis starts with: all units kept, fixed (methods with learned gates override)."""
         return FixedGate(torch.ones(axis.size))
+
+    def retarget(self, target: Target, steps: int) -> None:
+        """Aim the next ``steps`` training steps at ``target``, from the structure reached so far.
+
+        A multi-size run calls it before each student's part of stage 1 (the recipe's schedule is
+        compressed into those steps) and again before that student's ``finish``. Methods whose target
+        drives training override it; the base method only records the target.
+        """
+        self.settings = replace(self.settings, target=target)
+        self.schedule_scale = self.settings.train_steps / steps if steps > 0 else 1.0
 
     def modules(self) -> dict[str, nn.Module]:
         """Modules to attach to the model (names start with ``compress_``) so checkpoints carry them."""

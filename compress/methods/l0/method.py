@@ -1,7 +1,8 @@
 """L0 (CoFi / DPHuBERT): HardConcrete gates learned under a Lagrangian that drives the expected size.
 
-With a fraction target the Lagrangian constrains the expected fraction of encoder parameters
-removed. With explicit sizes (``prune.target``) every gated kind gets its own budget: the hidden
+With a fraction target the Lagrangian constrains the expected fraction of what the target counts
+(``compress.targets.Target.cost``: encoder parameters, all parameters or MACs per token) removed.
+With explicit sizes (``prune.target``) every gated kind gets its own budget: the hidden
 size exactly, per-layer kinds (heads, FFN units, ...) as the per-layer size times the number of
 layers in total, so L0 still learns how to spread them over layers; kinds without a size keep all
 their units. After training, ``snap_to`` shifts how many units the learned gates keep so the
@@ -17,9 +18,10 @@ from torch import nn
 
 from compress.gated import GatedModel
 from compress.methods.base import MethodSettings, ParamGroup, PruningMethod
+from compress.targets import Target
 from pruners.gates import Gate, HardConcreteGate
 from pruners.lagrangian import LagrangianController
-from pruners.schedules import resolve_schedule
+from pruners.schedules import compressed, resolve_schedule
 from reparam import Axis
 
 LAGRANGIAN_ATTR = "compress_lagrangian"
@@ -36,7 +38,7 @@ class L0Method(PruningMethod):
         super().__init__(gated, settings)
         target = settings.target
         target.check(gated)
-        self.target = target.encoder_sparsity(gated)
+        self.target = target.fraction(gated)
         schedule = resolve_schedule(settings.schedule)
         self.kinds = sorted({a.kind for a in gated.gated_axes()})
         #: total kept units per gated kind, when the target gives sizes; None for a fraction target
@@ -46,12 +48,24 @@ class L0Method(PruningMethod):
         else:
             fractions = [1.0 - self.budgets[kind] / self._units(kind) for kind in self.kinds]
             self.controller = LagrangianController(fractions, schedule)
+        #: whether training has been aimed at a target before (a multi-size run's later students start from it)
+        self.reached = False
         self.gate_lr = settings.options["train.gate_lr"]
         self.lambda_lr = settings.options["train.lambda_lr"]
 
     @classmethod
     def initial_gate(cls, axis: Axis) -> Gate:
         return HardConcreteGate(axis.size)
+
+    def retarget(self, target: Target, steps: int) -> None:
+        """The Lagrangian's target rises from the last one to ``target`` on the recipe's schedule, within ``steps``."""
+        reached = self.target if self.reached else 0.0
+        super().retarget(target, steps)
+        self.target = target.fraction(self.gated)
+        rise, base = self.target - reached, compressed(resolve_schedule(self.settings.schedule), self.schedule_scale)
+        self.controller.target = self.target
+        self.controller.schedule = lambda step: (reached + rise * base(step)) / self.target if self.target else 1.0
+        self.reached = True
 
     def modules(self) -> dict[str, nn.Module]:
         return {LAGRANGIAN_ATTR: self.controller}
@@ -79,14 +93,13 @@ class L0Method(PruningMethod):
         }
 
     def expected_sparsity(self) -> torch.Tensor:
-        """Expected fraction of encoder parameters removed, differentiable in the gate parameters.
+        """Expected fraction of the target's cost removed, differentiable in the gate parameters.
 
-        Each gated axis contributes its expected number of kept units; the count multiplies them
+        Each gated axis contributes its expected number of kept units; the cost multiplies them
         exactly as the fold removes tensors (heads x hidden, sublayer ownership), so it converges to
-        the folded student's sparsity as the gates harden.
+        the folded student's as the gates harden.
         """
-        expected = self.gated.count(self.gated.expected_sizes(), encoder_only=True)
-        return 1.0 - expected / self.gated.teacher_encoder_parameters
+        return self.settings.target.removed(self.gated, self.gated.expected_sizes())
 
     def _expected_kind_sparsity(self) -> torch.Tensor:
         """Expected fraction of each gated kind's units removed, in ``self.kinds`` order."""
@@ -107,8 +120,12 @@ class L0Method(PruningMethod):
         }
 
     def finish(self) -> dict[str, float]:
-        learned = self.gated.structure().encoder_sparsity
+        learned = self._achieved()
         return {"sparsity_learned": learned, "snap_shift": self.snap_to(self.target)}
+
+    def _achieved(self) -> float:
+        """Fraction of the target's cost the structure under the deterministic gates removes."""
+        return self.settings.target.achieved(self.gated)
 
     # -- snap -----------------------------------------------------------------------------
     def _learned(self, kind: str | None = None) -> list[HardConcreteGate]:
@@ -116,7 +133,7 @@ class L0Method(PruningMethod):
         return [g for g in gates if isinstance(g, HardConcreteGate)]
 
     @torch.no_grad()
-    def snap_to(self, target_sparsity: float, tolerance: float = 0.005) -> float:
+    def snap_to(self, target_sparsity: float, tolerance: float = 0.002) -> float:
         """Shift how many units the learned gates keep so the structure meets the target exactly.
 
         The Lagrangian brings the expected size near the target; rounding and a short run can leave
@@ -129,13 +146,12 @@ class L0Method(PruningMethod):
         if self.budgets is not None:
             self.snap_kinds()
             return 0.0
-        structure = self.gated.structure
         learned = self._learned()
-        if not learned or abs(structure().encoder_sparsity - target_sparsity) <= tolerance:
+        if not learned or abs(self._achieved() - target_sparsity) <= tolerance:
             return 0.0
         shift = self._search_shift(learned, 0.0, target_sparsity)
         fine = self._learned("ffn")
-        if fine and abs(structure().encoder_sparsity - target_sparsity) > tolerance:
+        if fine and abs(self._achieved() - target_sparsity) > tolerance:
             self._search_shift(fine, shift, target_sparsity)
         return shift
 
@@ -144,8 +160,8 @@ class L0Method(PruningMethod):
 
         def sparsity_at(extra: float) -> float:
             for gate in gates:
-                gate.count_shift.fill_(base + extra)
-            return self.gated.structure().encoder_sparsity
+                gate.snap(base + extra)
+            return self._achieved()
 
         low, high = _SHIFT_RANGE
         for _ in range(40):
@@ -189,7 +205,7 @@ def _kept(gate: HardConcreteGate) -> int:
 def _set_kept(gates: list[HardConcreteGate], shift: float) -> int:
     """Set every gate's count shift to ``shift``; returns how many units they keep together."""
     for gate in gates:
-        gate.count_shift.fill_(shift)
+        gate.snap(shift)
     return sum(_kept(g) for g in gates)
 
 

@@ -17,6 +17,7 @@ from compress.errors import RecipeError
 from compress.gated import GatedModel
 from compress.methods.base import MethodSettings, PruningMethod
 from compress.methods.criteria import Criterion, build_criterion
+from compress.targets import Target
 from pruners.schedules import resolve_axis_schedules
 
 
@@ -32,6 +33,8 @@ class ScheduledTopK(PruningMethod):
         self.name = criterion if isinstance(criterion, str) else "scheduled"
         self.final = settings.target.kind_sizes(gated)
         self.limits = gated.adapter.kind_limits()
+        #: sizes per kind the schedule starts from: the teacher's, or the last student's in a multi-size run
+        self.start = {kind: self.limits[kind] for kind in self.final}
         kinds = sorted({axis.kind for axis in gated.gated_axes()})
         try:
             self.schedules = resolve_axis_schedules(settings.schedule, kinds)
@@ -49,10 +52,17 @@ class ScheduledTopK(PruningMethod):
     def before_optimizer_step(self, step: int) -> None:
         self.criterion.observe(self.gated)
 
+    def retarget(self, target: Target, steps: int) -> None:
+        """Shrink from the sizes kept now to ``target``'s, on the recipe's schedules compressed into ``steps``."""
+        super().retarget(target, steps)
+        self.start = self.current_sizes()
+        self.final = target.kind_sizes(self.gated)
+
     def sizes_at(self, step: int) -> dict[str, int]:
-        """Kept units per axis kind at ``step``: the teacher's size minus the scheduled part of the removal."""
+        """Kept units per axis kind at ``step``: the start size minus the scheduled part of the removal."""
+        at = int(step * self.schedule_scale)
         return {
-            kind: self.limits[kind] - round((self.limits[kind] - size) * self.schedules[kind](step))
+            kind: self.start[kind] - round((self.start[kind] - size) * self.schedules[kind](at))
             for kind, size in self.final.items()
         }
 

@@ -17,6 +17,7 @@ from compress.gated import GatedModel
 from compress.methods.base import MethodSettings, ParamGroup
 from compress.methods.criteria import magnitude_of
 from compress.methods.scheduled.method import ScheduledTopK
+from compress.targets import Target
 from reparam.compactors import CompactorSet, compactor_sites, compose_compactors
 
 COMPACTORS_ATTR = "compress_compactors"
@@ -35,6 +36,10 @@ class WIDMethod(ScheduledTopK):
         self.penalty_weight = options["prune.shrink_penalty"]
         self.lr = options["train.compactor_lr"]
         self.doomed: dict[str, torch.Tensor] | None = None
+
+    def retarget(self, target: Target, steps: int) -> None:
+        super().retarget(target, steps)
+        self.doomed = None  # the shrink penalty's units follow the new final sizes
 
     def modules(self) -> dict[str, nn.Module]:
         return {COMPACTORS_ATTR: self.compactors}
