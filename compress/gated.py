@@ -9,6 +9,7 @@ method puts on the model (compactors, its multipliers) goes through ``attach_mod
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,7 @@ class GatedModel:
         # Axes missing from a size mapping keep all their units, so {} counts the teacher.
         self.teacher_parameters = self.count({})
         self.teacher_encoder_parameters = self.count({}, encoder_only=True)
+        self._teacher_macs: dict[int, int] = {}
         self.hooks = HookSet()
         self._attached: list[str] = []
         self.gates = GateSet({a.name: gate_for(a) for a in self.axes if a.kind in self.kinds})
@@ -133,7 +135,13 @@ class GatedModel:
         total = linear + pooled / seq_len + 2 * seq_len * attention
         return total if isinstance(total, torch.Tensor) else int(round(total))
 
-    @property
+    def teacher_macs_per_token(self, seq_len: int) -> int:
+        """The teacher's ``macs_per_token`` at ``seq_len``, counted once per length (targets divide by it every step)."""
+        if seq_len not in self._teacher_macs:
+            self._teacher_macs[seq_len] = self.macs_per_token({}, seq_len)
+        return self._teacher_macs[seq_len]
+
+    @functools.cached_property
     def _linear_weights(self) -> tuple[set[str], set[str]]:
         """Weights of the base model's Linear layers applied to every token, and to one token a sequence (pooler)."""
         base = self.model.base_model
@@ -145,7 +153,7 @@ class GatedModel:
                 (once if name.split(".")[0] == "pooler" else every).add(weight)
         return every, once
 
-    @property
+    @functools.cached_property
     def _query_weights(self) -> list[str]:
         layers = self.model.config.num_hidden_layers
         return [f"{self.adapter.attention_projections(i)[0]}.weight" for i in range(layers)]

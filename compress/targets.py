@@ -67,18 +67,21 @@ class Target:
             return gated.macs_per_token(sizes, self.seq_len)
         return gated.count(sizes, encoder_only=self.count == "encoder")
 
+    def teacher_cost(self, gated: GatedModel) -> int:
+        """The teacher's cost, as the gated model counted it once (L0 divides by it every step)."""
+        if self.macs is not None:
+            return gated.teacher_macs_per_token(self.seq_len)
+        return gated.teacher_encoder_parameters if self.count == "encoder" else gated.teacher_parameters
+
     def removed(self, gated: GatedModel, sizes: Mapping[str, Number]) -> Number:
         """Fraction of the teacher's cost the student keeping ``sizes`` removes (tensor sizes: differentiable)."""
-        return 1.0 - self.cost(gated, sizes) / self.cost(gated, {})
+        return 1.0 - self.cost(gated, sizes) / self.teacher_cost(gated)
 
     def fraction(self, gated: GatedModel) -> float:
         """The target as a fraction of the cost removed (explicit sizes count encoder parameters)."""
         if self.macs is not None:
             return 1.0 - self.macs
-        if self.sizes is None:
-            return self.sparsity
-        kept = gated.count(gated.axis_sizes(self.kind_sizes(gated)), encoder_only=True)
-        return 1.0 - kept / gated.teacher_encoder_parameters
+        return self.sparsity if self.sizes is None else self.encoder_sparsity(gated)
 
     def achieved(self, gated: GatedModel) -> float:
         """Fraction of the cost the structure under the gates removes now."""
@@ -183,7 +186,7 @@ def reachable_sparsity(gated: GatedModel) -> float:
 def _unreachable(target: Target, most: float, gated: GatedModel) -> str:
     """The refusal of a fraction above ``most``: what is pruned, what stays, and what to change."""
     floor = floor_sizes(gated)
-    kept, total = int(target.cost(gated, floor)), int(target.cost(gated, {}))
+    kept, total = int(target.cost(gated, floor)), target.teacher_cost(gated)
     stays = f"{kept:,} of the {total:,} {target.measure} stay"
     if gated.adapter.family == "generic":
         how = "pruning FFN units only"
