@@ -557,12 +557,16 @@ def write_run_student(run: Run, folder: Path) -> None:
     With ``export.vocabulary: corpus`` the student keeps only the tokens of the training corpus
     (``compress.vocabulary``): its outputs on that text are unchanged, checked before it is written.
     """
-    record, processor, pruned = run.record.to_dict(), run.processor, None
+    processor, pruned = run.processor, None
     if run.recipe.export["vocabulary"] == "corpus":
         texts = load_texts(run.data.source)["text"]
         pruned = prune_loaded(run.student, run.processor, texts, str(run.data.source))
-        processor, record["vocabulary"] = pruned.tokenizer, pruned.section
-        record["structure"]["parameters"] -= pruned.removed_parameters
+        structure = run.record.structure  # the student was cut in place: its record (and a run's summary) follows
+        run.record.structure = replace(structure, parameters=structure.parameters - pruned.removed_parameters)
+        processor = pruned.tokenizer
+    record = run.record.to_dict()
+    if pruned is not None:
+        record["vocabulary"] = pruned.section
     write_student(run.student, folder, processor, record, sentence_from=run.pipeline)
     if pruned is not None:
         pruned.check_saved(folder, texts)
