@@ -14,7 +14,7 @@ target for WID is <= 1.3); writes JSON. ``--compile`` adds each method trained w
 ``trainer.torch_compile: true`` (rows ``<method> compiled``) to the same rounds.
 
     python benchmarks/step_speed.py [--methods l0 wid magnitude] [--batch 16] [--seq 64] [--rounds 6]
-        [--steps 2] [--warmup 2] [--compile]
+        [--steps 2] [--warmup 4] [--compile]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds (after one warm-up round)")
     parser.add_argument("--steps", type=int, default=2, help="steps per method per round")
-    parser.add_argument("--warmup", type=int, default=2, help="steps per method in the warm-up round")
+    parser.add_argument("--warmup", type=int, default=4, help="steps per method in the warm-up round")
     parser.add_argument("--compile", action="store_true", help="also time each method with trainer.torch_compile: true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step_speed.json")
     args = parser.parse_args()

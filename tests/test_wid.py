@@ -249,8 +249,8 @@ def test_compactors_composed_into_the_weights_learn_what_mixed_activations_learn
     _perturb(job, 0.1)
     job.method.one_shot()  # removed units too: masked compactor rows and columns
     batch = token_batch(teacher.config.vocab_size)
-    expected, expected_grads, none = _outputs_and_gradients(job, "activations", batch)
-    assert not none
+    expected, expected_grads, composed = _outputs_and_gradients(job, "activations", batch)
+    assert not composed, "the activation path leaves every weight as it is"
     largest = max(float(g.norm()) for g in expected_grads.values())
     for path in ("weights", "auto"):
         got, grads, composed = _outputs_and_gradients(job, path, batch)
