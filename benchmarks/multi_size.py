@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 import compress
-from compress.sentence import teacher_pipeline
-from compress.teachers import default_teacher_path, load_teacher
-from domains import evaluation_sets, scores
+from domains import Reference, student_row, teacher_reference
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,19 +36,8 @@ def _timed_run(overrides: dict, out: Path) -> tuple[float, float]:
     return (time.perf_counter() - wall) / 60, (time.process_time() - cpu) / 60
 
 
-def _score_students(folders: dict[float, Path], text_sets: dict[str, list[str]]) -> dict[float, dict]:
-    teacher, tokenizer = load_teacher()
-    pooling = teacher_pipeline(default_teacher_path()).pooling
-    found = {}
-    for size, folder in folders.items():
-        student = compress.load_student(folder)
-        record = json.loads((folder / "compression.json").read_text(encoding="utf-8"))
-        found[size] = {
-            "encoder_sparsity": record["structure"]["encoder_sparsity"],
-            "macs_ratio": record["structure"]["macs_ratio"],
-            **{name: scores(teacher, student, tokenizer, texts, pooling) for name, texts in text_sets.items()},
-        }
-    return found
+def _score_students(folders: dict[float, Path], reference: Reference) -> dict[float, dict]:
+    return {size: student_row(reference, folder) for size, folder in folders.items()}
 
 
 def main() -> None:
@@ -62,7 +49,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "multi_size.json")
     args = parser.parse_args()
 
-    text_sets = evaluation_sets(load_teacher()[1])
+    reference = teacher_reference()
     sizes = sorted(args.sizes)
     work = Path(tempfile.mkdtemp(prefix="multi-size-"))
     base = {"finetune.max_steps": args.finetune}
@@ -86,14 +73,15 @@ def main() -> None:
                      "folders": {s: out / f"sparsity-{s:.2f}" for s in sizes}}
 
     for way in ways.values():
-        way["students"] = _score_students(way.pop("folders"), text_sets)
+        way["students"] = _score_students(way.pop("folders"), reference)
+    text_sets = reference.sets
 
     print(f"MiniLM-L6, bert-l0 at {sizes}: separate runs of {args.steps} + {args.finetune} steps vs one multi-size run")
     print(f"{'way':26s} {'wall/CPU min':>12s} {'size':>5s} {'removed':>8s} " + " ".join(f"{n[:18]:>18s}" for n in text_sets))
     for name, way in ways.items():
         for i, (size, row) in enumerate(way["students"].items()):
             shown = f"{way['minutes']:5.1f} / {way['cpu_minutes']:4.1f}" if i == 0 else " " * 12
-            cells = " ".join(f"{row[n]['fidelity']:8.3f} / {row[n]['nearest10']:5.2f}   " for n in text_sets)
+            cells = " ".join(f"{row['scores'][n]['fidelity']:8.3f} / {row['scores'][n]['nearest10']:5.2f}   " for n in text_sets)
             print(f"{name if i == 0 else '':26s} {shown} {size:5.2f} {row['encoder_sparsity']:8.3f} {cells}")
     print("cells: fidelity / nearest-10 overlap, teacher vs student")
     result = {

@@ -14,12 +14,15 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.exceptions import DatasetsError
 
+from compress.corpora import BUILTINS
 from compress.errors import DataError
 
 BUILTIN = "python-docs"
+#: joins several corpora into one source: python-docs+wordnet, python-docs+my_corpus.jsonl
+JOIN = "+"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_SUFFIX = ".txt"
 SUPPORTED = "a .txt, .jsonl, .json, .csv or .parquet file, or a folder written by Dataset.save_to_disk"
@@ -30,23 +33,30 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 def load_texts(source: str | Path = BUILTIN, column: str | None = None) -> Dataset:
     """Load a corpus as a Dataset with one ``text`` column, one non-blank document per row.
 
-    ``source`` is ``"python-docs"`` (the CPython documentation topics, always available offline),
-    a file (.txt with blank-line separated paragraphs, .jsonl/.json, .csv, .parquet), a folder
-    written by ``save_to_disk``, or a hub dataset id (``name`` or ``owner/name``). ``column``
-    names the text column (default ``text``).
+    ``source`` is a built-in corpus (``"python-docs"``, the CPython documentation topics, always
+    available offline; ``"wordnet"``, see ``compress.corpora``), a file (.txt with blank-line separated
+    paragraphs, .jsonl/.json, .csv, .parquet), a folder written by ``save_to_disk``, or a hub dataset id
+    (``name`` or ``owner/name``); or several of them joined by ``+`` (``python-docs+wordnet``), their
+    documents one after the other. ``column`` names the text column (default ``text``).
     """
-    if isinstance(source, str) and source == BUILTIN:
-        raw = _python_docs()
+    parts = source_parts(source)
+    if len(parts) > 1:
+        return concatenate_datasets([load_texts(part, column) for part in parts])
+    if isinstance(source, str) and source in BUILTINS:
+        raw = BUILTINS[source]()
     else:
         raw = load_raw(source)
     return _text_column(raw, column or "text", str(source))
 
 
-def _python_docs() -> Dataset:
-    """The Python documentation topics shipped with CPython, one row per topic, sorted by name."""
-    from pydoc_data.topics import topics
-
-    return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
+def source_parts(source: str | Path) -> list[str | Path]:
+    """The corpora a ``+``-joined source names, in order (a path that exists is one source, ``+`` or not)."""
+    if isinstance(source, str) and JOIN in source and not Path(source).expanduser().exists():
+        parts = [part.strip() for part in source.split(JOIN)]
+        if not all(parts):
+            raise DataError(f"data source {source!r} has an empty part; join corpora as python-docs+wordnet")
+        return parts
+    return [source]
 
 
 def load_raw(source: str | Path) -> Dataset:
@@ -203,6 +213,19 @@ def _token_stream(texts: Dataset, tokenizer: Any) -> np.ndarray:
     return flat.to_numpy().astype(np.int32, copy=False)
 
 
+def split_source(
+    source: str | Path, fraction: float = 0.1, seed: int = 0, column: str | None = None
+) -> tuple[Dataset, Dataset]:
+    """``split_held_out`` of a source's documents: (train, held_out).
+
+    A ``+``-joined source is split corpus by corpus, so each corpus holds out the documents it holds
+    out alone (a mix never trains on text a run on one of its corpora held out), and the held-out
+    documents come in the order the corpora are named.
+    """
+    splits = [split_held_out(load_texts(part, column), fraction, seed) for part in source_parts(source)]
+    return concatenate_datasets([train for train, _ in splits]), concatenate_datasets([held for _, held in splits])
+
+
 def text_datasets(
     source: str | Path,
     tokenizer: Any,
@@ -212,5 +235,5 @@ def text_datasets(
     column: str | None = None,
 ) -> tuple[Dataset, Dataset, Dataset]:
     """Load ``source``, split it by document and pack both parts: (train_blocks, held_out_blocks, held_out_texts)."""
-    train_texts, held_out_texts = split_held_out(load_texts(source, column), held_out_fraction, seed)
+    train_texts, held_out_texts = split_source(source, held_out_fraction, seed, column)
     return pack_tokens(train_texts, tokenizer, seq_len), pack_tokens(held_out_texts, tokenizer, seq_len), held_out_texts

