@@ -39,10 +39,9 @@ from sklearn.neighbors import KNeighborsClassifier
 
 import compress
 from compress.data import text_datasets
-from compress.sentence import teacher_pipeline
-from compress.teachers import default_teacher_path, load_teacher
 from compress.evaluate import held_out_sentences, pairwise_cosine, spearman, text_embeddings
-from compress.sentence import MEAN_POOLING, Pooling
+from compress.sentence import MEAN_POOLING, Pooling, teacher_pipeline
+from compress.teachers import default_teacher_path, load_teacher
 
 #: texts per set: enough pairs for a stable Spearman (32k pairs), few enough to embed in seconds
 SET_SIZE = 256

