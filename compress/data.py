@@ -7,6 +7,7 @@ training and evaluation see the same shape whatever the source.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,18 @@ PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-def load_texts(source: str | Path = BUILTIN, column: str | None = None) -> Dataset:
+def load_texts(source: str | Path | Mapping[str, float] = BUILTIN, column: str | None = None) -> Dataset:
     """Load a corpus as a Dataset with one ``text`` column, one non-blank document per row.
 
     ``source`` is a built-in corpus (``"python-docs"``, the CPython documentation topics, always
     available offline; ``"wordnet"``, see ``compress.corpora``), a file (.txt with blank-line separated
     paragraphs, .jsonl/.json, .csv, .parquet), a folder written by ``save_to_disk``, or a hub dataset id
     (``name`` or ``owner/name``); or several of them joined by ``+`` (``python-docs+wordnet``), their
-    documents one after the other. ``column`` names the text column (default ``text``).
+    documents one after the other; or a mix, ``{corpus: share}``, here all its corpora whole (the shares
+    apply to the training split: ``split_source``). ``column`` names the text column (default ``text``).
     """
     parts = source_parts(source)
-    if len(parts) > 1:
+    if len(parts) > 1 or isinstance(source, Mapping):
         return concatenate_datasets([load_texts(part, column) for part in parts])
     if isinstance(source, str) and source in BUILTINS:
         raw = BUILTINS[source]()
@@ -49,14 +51,28 @@ def load_texts(source: str | Path = BUILTIN, column: str | None = None) -> Datas
     return _text_column(raw, column or "text", str(source))
 
 
-def source_parts(source: str | Path) -> list[str | Path]:
-    """The corpora a ``+``-joined source names, in order (a path that exists is one source, ``+`` or not)."""
+def source_parts(source: str | Path | Mapping[str, float]) -> list[str | Path]:
+    """The corpora a source names, in order: a ``+`` join's parts or a mix's keys (a path that exists is one source)."""
+    if isinstance(source, Mapping):
+        _check_mix(source)
+        return list(source)
     if isinstance(source, str) and JOIN in source and not Path(source).expanduser().exists():
         parts = [part.strip() for part in source.split(JOIN)]
         if not all(parts):
             raise DataError(f"data source {source!r} has an empty part; join corpora as python-docs+wordnet")
         return parts
     return [source]
+
+
+def _check_mix(mix: Mapping[str, float]) -> None:
+    """A mix names corpora (no joins inside) with a share > 0 each."""
+    for name, share in mix.items():
+        if not isinstance(name, str) or not name.strip() or (JOIN in name and not Path(name).expanduser().exists()):
+            raise DataError(f"data mix {dict(mix)} names {name!r}; each key is one corpus (a built-in name, file or folder)")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not share > 0:
+            raise DataError(f"data mix {dict(mix)} gives {name!r} the share {share!r}; shares are numbers > 0, e.g. {{python-docs: 1, wordnet: 3}}")
+    if not mix:
+        raise DataError("data mix is empty; name the corpora and their shares, e.g. {python-docs: 1, wordnet: 3}")
 
 
 def load_raw(source: str | Path) -> Dataset:
@@ -214,20 +230,88 @@ def _token_stream(texts: Dataset, tokenizer: Any) -> np.ndarray:
 
 
 def split_source(
-    source: str | Path, fraction: float = 0.1, seed: int = 0, column: str | None = None
+    source: str | Path | Mapping[str, float], fraction: float = 0.1, seed: int = 0, column: str | None = None
 ) -> tuple[Dataset, Dataset]:
     """``split_held_out`` of a source's documents: (train, held_out).
 
-    A ``+``-joined source is split corpus by corpus, so each corpus holds out the documents it holds
+    A joined source or a mix is split corpus by corpus, so each corpus holds out the documents it holds
     out alone (a mix never trains on text a run on one of its corpora held out), and the held-out
-    documents come in the order the corpora are named.
+    documents come in the order the corpora are named. A mix (``{corpus: share}``) then samples the
+    training documents to those shares of characters (``mixed``); the held-out parts stay whole.
     """
     splits = [split_held_out(load_texts(part, column), fraction, seed) for part in source_parts(source)]
-    return concatenate_datasets([train for train, _ in splits]), concatenate_datasets([held for _, held in splits])
+    trains = [train for train, _ in splits]
+    if isinstance(source, Mapping):
+        trains = mixed(trains, list(source.values()), seed)
+    return concatenate_datasets(trains), concatenate_datasets([held for _, held in splits])
+
+
+def mixed(corpora: Sequence[Dataset], shares: Sequence[float], seed: int = 0) -> list[Dataset]:
+    """Each corpus cut to its share of the text: the largest mix in ``shares`` (by characters) that they hold.
+
+    The corpus with the least text per share is kept whole; each other one keeps a seeded random
+    selection of its documents (in corpus order) until its share is reached.
+    """
+    lengths = [np.array([len(text) for text in corpus["text"]]) for corpus in corpora]
+    scale = min(sizes.sum() / share for sizes, share in zip(lengths, shares))
+    kept = []
+    for index, (corpus, sizes, share) in enumerate(zip(corpora, lengths, shares)):
+        order = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(seed + index)).numpy()
+        taken = int(np.searchsorted(np.cumsum(sizes[order]), scale * share, side="left")) + 1
+        kept.append(corpus.select(sorted(order[:taken].tolist())))
+    return kept
+
+
+def load_labelled(source: str | Path, label: str, label2id: Mapping[str, int], column: str | None = None) -> Dataset:
+    """Rows of ``source`` as ``text`` and an integer ``labels`` column, for a teacher with a classification head.
+
+    ``label`` names the column of class labels: integers in ``range(len(label2id))``, or names that the
+    teacher's ``config.label2id`` maps. A row with another label is refused, naming it (training on
+    labels the head does not have would silently learn the wrong task).
+    """
+    if isinstance(source, Mapping) or len(source_parts(source)) > 1:
+        raise DataError(f"data.label reads one labelled file or dataset, not a joined source or a mix ({source!r})")
+    if isinstance(source, str) and source in BUILTINS:
+        raise DataError(f"the built-in corpus {source!r} has no labels; pass a labelled file with --data for data.label")
+    raw = load_raw(source)
+    if label not in raw.column_names:
+        raise DataError(f"{source} has no label column {label!r} (columns: {', '.join(raw.column_names)}); set data.label=NAME")
+    text = column or "text"
+    if text not in raw.column_names:
+        raise DataError(f"{source} has no column {text!r} (columns: {', '.join(raw.column_names)}); pass data.column=NAME")
+    ids = [_label_id(value, label2id, source) for value in raw[label]]
+    rows = Dataset.from_dict({"text": raw[text], "labels": ids})
+    rows = rows.filter(_non_blank, batched=True, keep_in_memory=True).flatten_indices(keep_in_memory=True)
+    if len(rows) == 0:
+        raise DataError(f"{source} has no text: every row of column {text!r} is empty; pass a labelled set with text")
+    return rows
+
+
+def _label_id(value: Any, label2id: Mapping[str, int], source: str | Path) -> int:
+    """The class index of one label: an index the head has, or a name in ``label2id``."""
+    count = len(label2id)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < count:
+        return int(value)
+    if isinstance(value, str) and value in label2id:
+        return int(label2id[value])
+    raise DataError(
+        f"{source} has the label {value!r}, which the teacher's head does not have: its {count} classes are "
+        f"0..{count - 1} or the names {sorted(label2id)[:8]}{' ...' if count > 8 else ''} (config.label2id); "
+        "relabel the data, or fine-tune the teacher on these labels first"
+    )
+
+
+def tokenize_labelled(rows: Dataset, tokenizer: Any, max_length: int) -> Dataset:
+    """Tokenise labelled rows one example each (truncated to ``max_length``, unpadded: the collator pads)."""
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        return tokenizer(batch["text"], truncation=True, max_length=max_length, verbose=False)
+
+    return rows.map(tokenize, batched=True, remove_columns=["text"], desc="tokenising", keep_in_memory=True)
 
 
 def text_datasets(
-    source: str | Path,
+    source: str | Path | Mapping[str, float],
     tokenizer: Any,
     seq_len: int,
     held_out_fraction: float = 0.1,

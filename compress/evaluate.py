@@ -5,6 +5,8 @@ instead both models rank all pairs of texts by cosine similarity, and the Spearm
 of those two rankings is the score (1.0: the student orders every pair as the teacher does).
 Texts are embedded the teacher's way (``compress.sentence.Pooling``: a sentence-transformers
 teacher's pooling, normalisation and length; mean pooling for a plain transformers teacher).
+A task run (``data.label``: a teacher with a classification head) is scored by accuracy retention
+instead: the student's held-out accuracy over the teacher's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from compress.errors import DataError
 from compress.measure import position_limit
 from compress.sentence import DEFAULT_MAX_LENGTH, MEAN_POOLING, Pooling
 
+#: what each fidelity figure measures, as records and model cards name it
+SIMILARITY_MEASURE = "Spearman of pairwise cosine similarities, teacher vs student"
+ACCURACY_MEASURE = "accuracy retention, student / teacher accuracy on held-out labelled examples"
 #: fewest held-out texts or clips a fidelity figure is computed over
 MIN_FIDELITY_ITEMS = 3
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -150,6 +155,34 @@ def audio_fidelity(teacher: PreTrainedModel, student: PreTrainedModel, extractor
         raise DataError(f"audio fidelity needs at least {MIN_FIDELITY_ITEMS} clips, got {len(waves)}; hold out more audio")
     similarities = [pairwise_cosine(mean_pooled_audio_embeddings(m, extractor, waves)) for m in (teacher, student)]
     return spearman(*similarities)
+
+
+@torch.no_grad()
+def classification_accuracy(model: PreTrainedModel, tokenizer: Any, texts: list[str], labels: list[int], max_length: int, batch_size: int = 64) -> float:
+    """The fraction of ``texts`` that a sequence-classification model labels as ``labels`` (eval mode)."""
+    if not texts or len(texts) != len(labels):
+        raise DataError(f"accuracy needs as many labels as texts, got {len(labels)} labels for {len(texts)} texts")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            predicted = model(**batch.to(model.device)).logits.argmax(-1).cpu()
+            correct += int((predicted == torch.tensor(labels[start : start + batch_size])).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(texts)
+
+
+def accuracy_retention(
+    teacher: PreTrainedModel, student: PreTrainedModel, tokenizer: Any, texts: list[str], labels: list[int], max_length: int
+) -> float:
+    """The student's held-out accuracy over the teacher's (1.0: as accurate as the teacher)."""
+    teacher_accuracy = classification_accuracy(teacher, tokenizer, texts, labels, max_length)
+    if teacher_accuracy == 0:
+        raise DataError("the teacher labels none of the held-out examples correctly; check data.label against the teacher's head")
+    return classification_accuracy(student, tokenizer, texts, labels, max_length) / teacher_accuracy
 
 
 def held_out_sentences(texts: Dataset, limit: int = 256, min_chars: int = 40, max_chars: int = 500) -> list[str]:

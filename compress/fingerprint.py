@@ -80,10 +80,15 @@ def recorded_teacher_folder(record: Mapping[str, Any]) -> Path | None:
     return None
 
 
-def data_identity(data: str | Path | None) -> str:
-    """A local file or folder by absolute path, size and modification time of its files; else the name given."""
+def data_identity(data: str | Path | Mapping[str, float] | None) -> str:
+    """A local file or folder by absolute path, size and modification time of its files; else the name given.
+
+    A mix (``{corpus: share}``) is each corpus's identity with its share.
+    """
     if data is None:
         return "none"
+    if isinstance(data, Mapping):
+        return json.dumps({data_identity(name): share for name, share in data.items()}, sort_keys=True)
     path = Path(data)
     if not path.exists():
         return str(data)

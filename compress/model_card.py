@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from compress.evaluate import SIMILARITY_MEASURE
 from compress.fingerprint import HUB_ID_FORM, recorded_teacher_folder
 from compress.sentence import MODULES_FILE
 from compress.structure import Structure
@@ -60,7 +61,8 @@ def fidelity_line(metrics: Mapping[str, Any]) -> str | None:
     }
     if not fidelity:
         return None
-    return "held-out fidelity (Spearman of pairwise cosine similarities, teacher vs student): " + ", ".join(
+    measure = metrics.get("held_out_measure", SIMILARITY_MEASURE)  # records from before task runs lack it
+    return f"held-out fidelity ({measure}): " + ", ".join(
         f"{stage} {value:.3f}" for stage, value in fidelity.items()
     )
 

@@ -60,7 +60,7 @@ from compress.sentence import MEAN_POOLING, SentencePipeline, is_sentence_transf
 from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
-from compress.training_data import TrainingData, training_data
+from compress.training_data import TrainingData, task_labels, training_data
 from compress.vocabulary import check_prunable, prune_loaded
 
 if TYPE_CHECKING:
@@ -291,8 +291,9 @@ class Run:
 
 
 def _local_paths(*candidates: Any) -> list[Path]:
-    """The candidates that name existing files or folders (hub ids and built-in names are not)."""
-    return [Path(c) for c in candidates if c is not None and not isinstance(c, PreTrainedModel) and Path(c).exists()]
+    """The candidates that name existing files or folders (hub ids and built-in names are not); a mix's corpora too."""
+    names = [name for c in candidates for name in (c if isinstance(c, Mapping) else [c])]
+    return [Path(c) for c in names if c is not None and not isinstance(c, PreTrainedModel) and Path(c).exists()]
 
 
 def check_before_training(recipe: Recipe, job: CompressionJob, teacher: PreTrainedModel) -> None:
@@ -334,7 +335,7 @@ def check_sizes(recipe: Recipe, job: CompressionJob) -> None:
 def setup(
     recipe: Recipe | str | Path,
     teacher: PreTrainedModel | SentenceTransformer | str | Path | None = None,
-    data: str | Path | None = None,
+    data: str | Path | Mapping[str, float] | None = None,
     out: str | Path | None = None,
     processor: Any = None,
     overrides: Mapping[str, Any] | None = None,
@@ -400,7 +401,7 @@ def setup(
             raise RecipeError("export.vocabulary prunes a tokenizer's vocabulary: it needs a text teacher with its tokenizer")
         check_prunable(processor)
     pooling = pipeline.pooling if pipeline else MEAN_POOLING  # the teacher's: fidelity and pooled losses use it
-    prepared = training_data(recipe, modality, processor, data, pooling)
+    prepared = training_data(recipe, modality, processor, data, pooling, task_labels(recipe, teacher))
     if trains and 0 < prepared.held_out_count < MIN_FIDELITY_ITEMS:
         raise DataError(
             f"the held-out split has {prepared.held_out_count} {prepared.held_out_name.replace('_', ' ')}, and fidelity "
@@ -496,6 +497,7 @@ def fold_stage(run: Run) -> None:
     _warn(run, structure_warnings(run.record.structure, target.fraction(gated), achieved, target.measure))
     if run.data.fidelity:
         run.metrics["fidelity_after_prune"] = run.data.fidelity(run.teacher, run.student)
+        run.metrics["held_out_measure"] = run.data.measure
         if run.data.pooling is not None:  # how both models embedded the texts for the fidelity figures
             run.metrics["pooling"] = run.data.pooling.to_dict()
 

@@ -139,6 +139,14 @@ def _fractions(check: Callable[[Any], str | None], what: str) -> Callable[[Any],
     return checked
 
 
+def _text_source(v: str | dict) -> str | None:
+    """A corpus name, path or '+' join; or a mix, {corpus: share}, the shares numbers > 0."""
+    if isinstance(v, str):
+        return None if v.strip() else "must name a corpus (python-docs, wordnet, a file, folder or hub id)"
+    numbers = all(not isinstance(x, bool) and isinstance(x, (int, float)) and x > 0 for x in v.values())
+    return None if v and numbers else "must be a corpus, or a mix of corpora with shares > 0: {python-docs: 1, wordnet: 3}"
+
+
 def _schedule(v: Any) -> str | None:
     """The schedule rules of ``pruners.schedules``; callables are imported at run time, not here."""
     try:
@@ -197,10 +205,13 @@ SCHEMA: dict[str, Any] = {
         "lr": Field(FLOAT, 1.0e-4, check=positive),
     },
     "data": {
-        "text": Field(STR, "python-docs"),
+        # a corpus, a '+' join, or a mix {corpus: share} (shares of the training text by characters)
+        "text": Field((str, dict), "python-docs", check=_text_source),
         # speech families: a folder of wav / flac files or a dataset with an audio column (compress/audio.py)
         "audio": Field(STR, None, nullable=True),
         "column": Field(STR, None, nullable=True),
+        # the class-label column of a labelled set: trains a classification teacher's task (distill.task, logits_kl)
+        "label": Field(STR, None, nullable=True),
         "held_out": Field(FLOAT, 0.1, check=fraction_open),
         "min_seconds": Field(FLOAT, 1.0, check=positive),
         "max_seconds": Field(FLOAT, 15.0, check=positive),

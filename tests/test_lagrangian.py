@@ -74,3 +74,30 @@ def test_snap_meets_the_target_within_a_percent_and_keeps_the_strongest_units():
         gated = job.model.eval()(**batch).last_hidden_state[..., kept]
         folded = job.fold()(**batch).last_hidden_state
     assert (gated - folded).abs().max() <= 1e-4
+
+
+def _hardened_gates(job: compress.CompressionJob, seed: int) -> None:
+    """Gates as a long run leaves them: residual stream and FFN saturated on, sublayers and heads decided."""
+    generator = torch.Generator().manual_seed(seed)
+    for name in job.gates.names():
+        gate = job.gates[name]
+        if name.endswith(".mlp"):
+            gate.log_alpha.data = torch.where(torch.rand(1, generator=generator) < 0.5, -6.0, 6.0)
+        elif name.endswith(".attention"):
+            gate.log_alpha.data = torch.full((1,), 3.0)
+        elif name.endswith(".ffn"):
+            gate.log_alpha.data = torch.full((gate.size,), 12.0)
+        elif name == "hidden":
+            gate.log_alpha.data = torch.full((gate.size,), 15.0)
+        else:
+            decided = torch.where(torch.rand(gate.size, generator=generator) < 0.3, -6.0, 6.0)
+            gate.log_alpha.data = decided + torch.randn(gate.size, generator=generator)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_snap_refines_on_heads_when_the_ffn_has_no_units_left_to_give(seed):
+    """A whole sublayer is too coarse a step and the live FFNs are kept whole: heads (then hidden) take up the rest."""
+    job = compress.attach(transformers.BertModel(tiny_bert_config()), "bert-l0")
+    _hardened_gates(job, seed)
+    job.method.snap_to(0.4)
+    assert abs(job.structure().encoder_sparsity - 0.4) <= 0.01

@@ -15,7 +15,7 @@ import transformers
 from sentence_transformers import SentenceTransformer, models
 
 import compress
-from compress.data import load_texts, split_held_out
+from compress.data import split_source
 from compress.errors import UnsupportedModelError
 from compress.evaluate import embedding_fidelity, held_out_sentences, pairwise_cosine, spearman
 from compress.sentence import PIPELINE_SOURCE, POOLERS, Pooling, pooling_modes, read_pipeline
@@ -69,7 +69,7 @@ def cls_student(cls_teacher_dir, tmp_path_factory) -> Path:
 def held_out_texts() -> list[str]:
     """The held-out sentences a bert-l0 run on the built-in corpus scores fidelity on."""
     recipe = compress.load_recipe("bert-l0")
-    _, held = split_held_out(load_texts(recipe.data["text"]), recipe.data["held_out"], recipe.train["seed"])
+    _, held = split_source(recipe.data["text"], recipe.data["held_out"], recipe.train["seed"])
     return held_out_sentences(held)
 
 

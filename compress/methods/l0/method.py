@@ -27,6 +27,8 @@ from reparam import Axis
 LAGRANGIAN_ATTR = "compress_lagrangian"
 #: the count shift searched by the snap spans this range of log_alpha (beyond it every unit is kept / removed)
 _SHIFT_RANGE = (-30.0, 30.0)
+#: the kinds a snap refines on alone after the shared shift, finest step first
+REFINE_KINDS = (("ffn",), ("heads", "head_width"), ("hidden",))
 
 
 class L0Method(PruningMethod):
@@ -140,8 +142,10 @@ class L0Method(PruningMethod):
         the deterministic structure off by more. With explicit sizes every kind is snapped to its
         budget to the unit (``snap_kinds``). Otherwise a ``count_shift`` shared by every HardConcrete
         gate (binary search) moves the kept counts, keeping the highest-``log_alpha`` units and their
-        values; if whole hidden units or heads are too coarse a step, a second shift on the FFN gates
-        alone refines it. Returns the shared shift (0 when already within ``tolerance``).
+        values; where that step is too coarse (a whole sublayer flips), a shift on the FFN gates alone
+        refines it, then one on the heads, then on the hidden units (FFN units can run out: a layer
+        whose MLP is gone, or whose FFN is kept whole). Returns the shared shift (0 when already
+        within ``tolerance``).
         """
         if self.budgets is not None:
             self.snap_kinds()
@@ -150,9 +154,10 @@ class L0Method(PruningMethod):
         if not learned or abs(self._achieved() - target_sparsity) <= tolerance:
             return 0.0
         shift = self._search_shift(learned, 0.0, target_sparsity)
-        fine = self._learned("ffn")
-        if fine and abs(self._achieved() - target_sparsity) > tolerance:
-            self._search_shift(fine, shift, target_sparsity)
+        for kinds in REFINE_KINDS:
+            fine = [gate for kind in kinds for gate in self._learned(kind)]
+            if fine and abs(self._achieved() - target_sparsity) > tolerance:
+                self._search_shift(fine, shift, target_sparsity)
         return shift
 
     def _search_shift(self, gates: list[HardConcreteGate], base: float, target: float) -> float:
