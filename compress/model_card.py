@@ -61,7 +61,7 @@ def fidelity_line(metrics: Mapping[str, Any]) -> str | None:
     }
     if not fidelity:
         return None
-    measure = metrics.get("held_out_measure", SIMILARITY_MEASURE)  # records from before task runs lack it
+    measure = metrics.get("measured_as", SIMILARITY_MEASURE)  # records from before task runs lack it
     return f"held-out fidelity ({measure}): " + ", ".join(
         f"{stage} {value:.3f}" for stage, value in fidelity.items()
     )

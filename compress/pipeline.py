@@ -497,7 +497,7 @@ def fold_stage(run: Run) -> None:
     _warn(run, structure_warnings(run.record.structure, target.fraction(gated), achieved, target.measure))
     if run.data.fidelity:
         run.metrics["fidelity_after_prune"] = run.data.fidelity(run.teacher, run.student)
-        run.metrics["held_out_measure"] = run.data.measure
+        run.metrics["measured_as"] = run.data.measure
         if run.data.pooling is not None:  # how both models embedded the texts for the fidelity figures
             run.metrics["pooling"] = run.data.pooling.to_dict()
 

@@ -122,7 +122,7 @@ def test_task_run_trains_on_labels_and_exports_a_classifier(recipe, classifier_d
     out = compress.run(recipe, teacher=classifier_dir, data=labelled_file, out=tmp_path / "run", overrides=SHORT, progress=False)
     record = json.loads((out / "compression.json").read_text())
     metrics = record["metrics"]
-    assert metrics["held_out_measure"].startswith("accuracy retention") and metrics["held_out_examples"] == 12
+    assert metrics["measured_as"].startswith("accuracy retention") and metrics["held_out_examples"] == 12
     assert 0.0 <= metrics["fidelity_after_finetune"] <= 2.0
     assert abs(record["structure"]["encoder_sparsity"] - 0.5) <= 0.02
     logs = json.loads((out / "training_log.json").read_text())
