@@ -20,10 +20,9 @@ from datasets.exceptions import DatasetsError
 
 from compress.corpora import BUILTINS
 from compress.errors import DataError
+from compress.sources import mix_problem, named_corpora
 
 BUILTIN = "python-docs"
-#: joins several corpora into one source: python-docs+wordnet, python-docs+my_corpus.jsonl
-JOIN = "+"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_SUFFIX = ".txt"
 SUPPORTED = "a .txt, .jsonl, .json, .csv or .parquet file, or a folder written by Dataset.save_to_disk"
@@ -54,25 +53,14 @@ def load_texts(source: str | Path | Mapping[str, float] = BUILTIN, column: str |
 def source_parts(source: str | Path | Mapping[str, float]) -> list[str | Path]:
     """The corpora a source names, in order: a ``+`` join's parts or a mix's keys (a path that exists is one source)."""
     if isinstance(source, Mapping):
-        _check_mix(source)
+        problem = mix_problem(source)
+        if problem:
+            raise DataError(f"data mix {dict(source)} {problem}")
         return list(source)
-    if isinstance(source, str) and JOIN in source and not Path(source).expanduser().exists():
-        parts = [part.strip() for part in source.split(JOIN)]
-        if not all(parts):
-            raise DataError(f"data source {source!r} has an empty part; join corpora as python-docs+wordnet")
-        return parts
-    return [source]
-
-
-def _check_mix(mix: Mapping[str, float]) -> None:
-    """A mix names corpora (no joins inside) with a share > 0 each."""
-    for name, share in mix.items():
-        if not isinstance(name, str) or not name.strip() or (JOIN in name and not Path(name).expanduser().exists()):
-            raise DataError(f"data mix {dict(mix)} names {name!r}; each key is one corpus (a built-in name, file or folder)")
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not share > 0:
-            raise DataError(f"data mix {dict(mix)} gives {name!r} the share {share!r}; shares are numbers > 0, e.g. {{python-docs: 1, wordnet: 3}}")
-    if not mix:
-        raise DataError("data mix is empty; name the corpora and their shares, e.g. {python-docs: 1, wordnet: 3}")
+    parts = named_corpora(source)
+    if not all(parts):
+        raise DataError(f"data source {source!r} has an empty part; join corpora as python-docs+wordnet")
+    return parts
 
 
 def load_raw(source: str | Path) -> Dataset:
@@ -149,6 +137,18 @@ def _text_column(raw: Dataset, column: str, source: str) -> Dataset:
     The result lives in memory, so later maps and selections never write cache files into the
     user's ``save_to_disk`` folder (packing holds the whole token stream in memory anyway).
     """
+    _check_text_column(raw, column, source)
+    texts = raw.select_columns([column])
+    if column != "text":
+        texts = texts.rename_column(column, "text")
+    texts = texts.filter(_non_blank, batched=True, keep_in_memory=True).flatten_indices(keep_in_memory=True)
+    if len(texts) == 0:
+        raise DataError(f"{source} has no text: every row of column {column!r} is empty; pass a corpus with text")
+    return texts
+
+
+def _check_text_column(raw: Dataset, column: str, source: str | Path) -> None:
+    """Refuse a text column that is missing or does not hold strings, naming the columns there are."""
     if column not in raw.column_names:
         raise DataError(
             f"{source} has no column {column!r} (columns: {', '.join(raw.column_names)}); "
@@ -159,13 +159,6 @@ def _text_column(raw: Dataset, column: str, source: str) -> Dataset:
         raise DataError(
             f"column {column!r} of {source} holds {feature}, not strings; pass data.column=NAME for a text column"
         )
-    texts = raw.select_columns([column])
-    if column != "text":
-        texts = texts.rename_column(column, "text")
-    texts = texts.filter(_non_blank, batched=True, keep_in_memory=True).flatten_indices(keep_in_memory=True)
-    if len(texts) == 0:
-        raise DataError(f"{source} has no text: every row of column {column!r} is empty; pass a corpus with text")
-    return texts
 
 
 def _non_blank(batch: dict[str, list]) -> list[bool]:
@@ -277,8 +270,7 @@ def load_labelled(source: str | Path, label: str, label2id: Mapping[str, int], c
     if label not in raw.column_names:
         raise DataError(f"{source} has no label column {label!r} (columns: {', '.join(raw.column_names)}); set data.label=NAME")
     text = column or "text"
-    if text not in raw.column_names:
-        raise DataError(f"{source} has no column {text!r} (columns: {', '.join(raw.column_names)}); pass data.column=NAME")
+    _check_text_column(raw, text, source)
     ids = [_label_id(value, label2id, source) for value in raw[label]]
     rows = Dataset.from_dict({"text": raw[text], "labels": ids})
     rows = rows.filter(_non_blank, batched=True, keep_in_memory=True).flatten_indices(keep_in_memory=True)

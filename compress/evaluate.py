@@ -175,14 +175,32 @@ def classification_accuracy(model: PreTrainedModel, tokenizer: Any, texts: list[
     return correct / len(texts)
 
 
-def accuracy_retention(
-    teacher: PreTrainedModel, student: PreTrainedModel, tokenizer: Any, texts: list[str], labels: list[int], max_length: int
-) -> float:
-    """The student's held-out accuracy over the teacher's (1.0: as accurate as the teacher)."""
-    teacher_accuracy = classification_accuracy(teacher, tokenizer, texts, labels, max_length)
-    if teacher_accuracy == 0:
-        raise DataError("the teacher labels none of the held-out examples correctly; check data.label against the teacher's head")
-    return classification_accuracy(student, tokenizer, texts, labels, max_length) / teacher_accuracy
+class AccuracyRetention:
+    """The student's held-out accuracy over the teacher's (1.0: as accurate as the teacher); a run's task fidelity.
+
+    The frozen teacher is scored once, at the first call, and kept. ``chance`` is the figure of a
+    student that learned nothing: always the most common held-out label, over the teacher's accuracy.
+    """
+
+    def __init__(self, tokenizer: Any, texts: list[str], labels: list[int], max_length: int) -> None:
+        self.tokenizer, self.texts, self.labels, self.max_length = tokenizer, texts, labels, max_length
+        self.teacher_accuracy: float | None = None
+
+    def accuracy(self, model: PreTrainedModel) -> float:
+        return classification_accuracy(model, self.tokenizer, self.texts, self.labels, self.max_length)
+
+    def __call__(self, teacher: PreTrainedModel, student: PreTrainedModel) -> float:
+        if self.teacher_accuracy is None:
+            self.teacher_accuracy = self.accuracy(teacher)
+        if self.teacher_accuracy == 0:
+            raise DataError("the teacher labels none of the held-out examples correctly; check data.label against the teacher's head")
+        return self.accuracy(student) / self.teacher_accuracy
+
+    def chance(self) -> float | None:
+        """Most-common-label accuracy over the teacher's; None before the teacher is scored."""
+        if not self.teacher_accuracy:
+            return None
+        return max(self.labels.count(label) for label in set(self.labels)) / len(self.labels) / self.teacher_accuracy
 
 
 def held_out_sentences(texts: Dataset, limit: int = 256, min_chars: int = 40, max_chars: int = 500) -> list[str]:

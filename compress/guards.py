@@ -98,6 +98,17 @@ def fidelity_collapse(previous: float, current: float, stage: str = "finetune", 
     return None
 
 
+def fidelity_at_chance(fidelity: float, chance: float | None) -> str | None:
+    """A warning when a task student's accuracy retention is under a tenth of the way from ``chance`` to the teacher's (1.0)."""
+    if chance is None or not chance < 1 or fidelity >= chance + 0.1 * (1 - chance):
+        return None
+    return (
+        f"the student is at chance: its accuracy retention is {fidelity:.3f}, and a model that always predicts the most common "
+        f"held-out label gets {chance:.3f}; it did not learn the task. Look at the task loss in training_log.json; "
+        "lower train.lr (and train.compactor_lr for wid) or try the bert-l0 recipe"
+    )
+
+
 class FiniteGuard(TrainerCallback):
     """Stops a Trainer at the first non-finite loss or gradient by raising ``NonFiniteError``.
 

@@ -40,7 +40,7 @@ from compress.export import TRAINING_LOG_FILE, write_student
 from compress.families import recipe_fits
 from compress.fingerprint import check_fingerprint, run_fingerprint, write_fingerprint
 from compress.folding import CompressionRecord, fold
-from compress.guards import FiniteGuard, fidelity_collapse
+from compress.guards import FiniteGuard, fidelity_at_chance, fidelity_collapse
 from compress.generic import job_for
 from compress.job import CompressionJob
 from compress.methods.base import PruningMethod
@@ -56,6 +56,7 @@ from compress.outputs import (
 )
 from compress.recipe import Recipe, check_trainer_arguments, load_recipe
 from compress.report import base_macs
+from compress.sources import named_corpora
 from compress.sentence import MEAN_POOLING, SentencePipeline, is_sentence_transformer, sentence_encoder, teacher_pipeline
 from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
@@ -291,8 +292,8 @@ class Run:
 
 
 def _local_paths(*candidates: Any) -> list[Path]:
-    """The candidates that name existing files or folders (hub ids and built-in names are not); a mix's corpora too."""
-    names = [name for c in candidates for name in (c if isinstance(c, Mapping) else [c])]
+    """The candidates that name existing files or folders (hub ids and built-in names are not); a mix's or join's corpora too."""
+    names = [name for c in candidates if not isinstance(c, PreTrainedModel) for name in named_corpora(c)]
     return [Path(c) for c in names if c is not None and not isinstance(c, PreTrainedModel) and Path(c).exists()]
 
 
@@ -549,7 +550,10 @@ def complete_record(run: Run) -> None:
     run.metrics[run.data.held_out_name] = run.data.held_out_count
     before, after = run.metrics.get("fidelity_after_prune"), run.metrics.get("fidelity_after_finetune")
     collapse = fidelity_collapse(before, after) if before is not None and after is not None else None
-    _warn(run, [collapse] if collapse else [])
+    latest = after if after is not None else before
+    chance = run.data.chance() if run.data.chance and latest is not None else None
+    at_chance = fidelity_at_chance(latest, chance) if chance is not None else None
+    _warn(run, [warning for warning in (collapse, at_chance) if warning])
     run.record.metrics.update(run.metrics)
 
 

@@ -18,6 +18,7 @@ from compress.methods import method_names, settings_fragments
 from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_closed, fraction_open, merge_fragment, one_of
 from compress.schema import positive
 from compress.schema import unknown_key, validate
+from compress.sources import mix_problem
 from pruners import schedules
 
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
@@ -143,8 +144,7 @@ def _text_source(v: str | dict) -> str | None:
     """A corpus name, path or '+' join; or a mix, {corpus: share}, the shares numbers > 0."""
     if isinstance(v, str):
         return None if v.strip() else "must name a corpus (python-docs, wordnet, a file, folder or hub id)"
-    numbers = all(not isinstance(x, bool) and isinstance(x, (int, float)) and x > 0 for x in v.values())
-    return None if v and numbers else "must be a corpus, or a mix of corpora with shares > 0: {python-docs: 1, wordnet: 3}"
+    return mix_problem(v)
 
 
 def _schedule(v: Any) -> str | None:

@@ -21,7 +21,7 @@ from compress.errors import DataError, RecipeError
 from compress.evaluate import (
     ACCURACY_MEASURE,
     SIMILARITY_MEASURE,
-    accuracy_retention,
+    AccuracyRetention,
     audio_fidelity,
     embedding_fidelity,
     held_out_sentences,
@@ -53,6 +53,8 @@ class TrainingData:
     source: str | Path | Mapping[str, float] | None = None
     #: what the fidelity figure measures, as the run's record and model card say it
     measure: str = SIMILARITY_MEASURE
+    #: the figure of a student that learned nothing (known once the teacher is scored), if the measure has one
+    chance: Callable[[], float | None] | None = None
 
 
 def task_labels(recipe: Recipe, teacher: PreTrainedModel) -> dict[str, int] | None:
@@ -106,14 +108,11 @@ def _task_data(recipe: Recipe, tokenizer: Any, source: str | Path, label2id: dic
     rows = load_labelled(source, data["label"], label2id, data["column"])
     train_rows, held = split_held_out(rows, data["held_out"], train["seed"])
     held = held.select(range(min(len(held), ACCURACY_EXAMPLES)))
-    texts, labels, length = held["text"], held["labels"], train["seq_len"]
-
-    def fidelity(teacher: PreTrainedModel, student: PreTrainedModel) -> float:
-        return accuracy_retention(teacher, student, tokenizer, texts, labels, length)
-
-    examples = tokenize_labelled(train_rows, tokenizer, length)
+    retention = AccuracyRetention(tokenizer, held["text"], held["labels"], train["seq_len"])
+    examples = tokenize_labelled(train_rows, tokenizer, train["seq_len"])
     return TrainingData(
-        examples, DataCollatorWithPadding(tokenizer), "held_out_examples", len(texts), fidelity, None, source, ACCURACY_MEASURE
+        examples, DataCollatorWithPadding(tokenizer), "held_out_examples", len(held), retention, None, source,
+        ACCURACY_MEASURE, retention.chance,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 import compress
 from compress import corpora
 from compress.data import load_texts, source_parts, split_held_out, split_source, text_datasets
-from compress.errors import DataError, RecipeError
+from compress.errors import DataError, OutputDirError, RecipeError
 from compress.recipe import load_recipe
 
 
@@ -59,6 +59,23 @@ def test_an_existing_path_with_a_plus_is_one_source(tmp_path):
     assert list(load_texts(str(corpus))["text"]) == ["Templates are instantiated.", "Headers are included."]
 
 
+def test_a_join_of_local_files_is_fingerprinted_and_protected_file_by_file(tiny_teacher_dir, tmp_path):
+    """Editing one joined file changes the run's data identity; an --out holding a joined file is refused."""
+    from compress.fingerprint import data_identity
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    notes = corpus / "notes.txt"
+    notes.write_text("Tokens are counted per block.\n\nBlocks are packed.", encoding="utf-8")
+    joined = f"python-docs+{notes}"
+    before = data_identity(joined)
+    notes.write_text("Tokens are counted per block, again.\n\nBlocks are packed.", encoding="utf-8")
+    assert data_identity(joined) != before, "the joined file's edit is seen, not only its name"
+    with pytest.raises(OutputDirError, match=r"contains the run.s input \(teacher or data\)"):
+        compress.run("bert-l0", teacher=tiny_teacher_dir, data=joined, out=corpus, overwrite=True, progress=False)
+    assert notes.is_file()
+
+
 def test_a_join_with_an_empty_part_is_refused():
     with pytest.raises(DataError, match=r"'python-docs\+' has an empty part"):
         load_texts("python-docs+")
@@ -91,7 +108,7 @@ def test_a_mix_samples_each_corpus_to_its_share_and_keeps_the_held_out_whole(wor
         ({"python-docs": 1, "wordnet": 0}, "gives 'wordnet' the share 0"),
         ({"python-docs": 1, "wordnet": "a"}, "gives 'wordnet' the share 'a'"),
         ({"python-docs+wordnet": 1}, "each key is one corpus"),
-        ({}, "data mix is empty"),
+        ({}, "is an empty mix"),
     ],
 )
 def test_a_bad_mix_is_refused_by_name(mix, message):

@@ -12,7 +12,8 @@ import transformers
 import compress
 from compress.data import load_labelled, tokenize_labelled
 from compress.errors import DataError, RecipeError
-from compress.evaluate import accuracy_retention, classification_accuracy
+from compress.evaluate import AccuracyRetention, classification_accuracy
+from compress.guards import fidelity_at_chance
 from compress.teachers import small_random_bert
 
 LABELS = {"fruit": 0, "tool": 1}
@@ -60,6 +61,30 @@ def classifier_dir(tmp_path_factory, minilm):
     return folder
 
 
+@pytest.fixture(scope="module")
+def wide_classifier_dir(tmp_path_factory, minilm):
+    """A 2-layer classifier at MiniLM's widths (384 hidden, 1536 FFN, 6 heads), fine-tuned on the task for 30 steps.
+
+    WID's compactors are as wide as MiniLM's here, which is what made the first Adam steps of a
+    1e-3 compactor learning rate scramble a classifier (a tiny model's 48-wide ones do not).
+    """
+    tokenizer = minilm[1]
+    model = small_random_bert(tokenizer.vocab_size, hidden=384, ffn=1536, heads=6, model_cls=transformers.BertForSequenceClassification)
+    model.config.label2id, model.config.id2label = LABELS, {i: name for name, i in LABELS.items()}
+    rows, optimizer = _rows(200, seed=1), torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    for step in range(30):
+        batch = [rows[(step * 16 + i) % len(rows)] for i in range(16)]
+        inputs = tokenizer([row["text"] for row in batch], padding=True, return_tensors="pt")
+        model(**inputs, labels=torch.tensor([LABELS[row["label"]] for row in batch])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("wide-classifier")
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def test_labels_map_through_the_teachers_label_names_or_indices(labelled_file, tmp_path):
     rows = load_labelled(labelled_file, "label", LABELS)
     assert rows.column_names == ["text", "labels"] and len(rows) == 120
@@ -75,6 +100,7 @@ def test_labels_map_through_the_teachers_label_names_or_indices(labelled_file, t
         ('{"text": "a pear", "label": "vegetable"}\n', "label", "'vegetable', which the teacher's head does not have"),
         ('{"text": "a pear", "label": 2}\n', "label", "classes are 0..1"),
         ('{"text": "a pear", "label": "fruit"}\n', "class", "no label column 'class'"),
+        ('{"text": 3, "label": "fruit"}\n', "label", "column 'text' .* not strings"),
     ],
 )
 def test_bad_labels_are_refused_by_name(tmp_path, content, label, message):
@@ -105,7 +131,19 @@ def test_accuracy_counts_correct_labels(classifier_dir, minilm):
     flipped = [1 - p for p in predicted]
     assert classification_accuracy(model, minilm[1], texts, flipped, 16) == 0.0
     half = predicted[:20] + flipped[20:]
-    assert accuracy_retention(model, model, minilm[1], texts, half, 16) == 1.0
+    retention = AccuracyRetention(minilm[1], texts, half, 16)
+    assert retention.chance() is None and retention(model, model) == 1.0 and retention.teacher_accuracy == 0.5
+    common = max(half.count(0), half.count(1)) / len(half)
+    assert retention.chance() == pytest.approx(common / 0.5), "always the most common label, over the teacher's accuracy"
+
+
+def test_a_student_at_chance_gets_a_warning_that_names_the_chance_level():
+    chance = (100 / 1900) / 0.804  # 19 balanced classes, a teacher right on 80.4%
+    warning = fidelity_at_chance(0.065, chance)
+    assert warning and "at chance" in warning and f"{chance:.3f}" in warning and "train.compactor_lr" in warning
+    assert fidelity_at_chance(0.95, chance) is None, "a student that kept the task"
+    assert fidelity_at_chance(chance + 0.11 * (1 - chance), chance) is None, "past a tenth of the way to the teacher"
+    assert fidelity_at_chance(0.5, 1.0) is None and fidelity_at_chance(0.5, None) is None, "no teacher above chance to lose"
 
 
 def test_labels_need_a_classification_teacher_and_a_loss_that_uses_them(tiny_teacher_dir, classifier_dir, labelled_file, tmp_path):
@@ -139,3 +177,24 @@ def test_task_run_trains_on_labels_and_exports_a_classifier(recipe, classifier_d
         assert student(**batch).logits.shape == (1, 2)
     readme = (out / "README.md").read_text()
     assert "accuracy retention" in readme
+
+
+
+def test_wid_keeps_a_classifier_through_its_first_steps_and_a_student_at_chance_is_flagged(wide_classifier_dir, labelled_file, tmp_path):
+    """Four WID steps before any pruning: at bert-wid's compactor lr the student is still the teacher's equal.
+
+    At the earlier default, 1e-3, Adam's first steps move every compactor entry by about the learning
+    rate, a coherent step of spectral norm up to 1536 x 1e-3 on an identity: the student predicts one
+    class, and is exported with the at-chance warning.
+    """
+    first_steps = {**SHORT, "train.max_steps": 4, "finetune.max_steps": 0,
+                   "prune.schedule": {"kind": "cubic", "start_step": 100, "end_step": 200, "interval": 10}}
+    kept = compress.run("bert-wid", teacher=wide_classifier_dir, data=labelled_file, out=tmp_path / "kept", overrides=first_steps, progress=False)
+    metrics = json.loads((kept / "compression.json").read_text())["metrics"]
+    assert metrics["fidelity_after_prune"] >= 0.95 and not metrics.get("warnings")
+    scrambled = compress.run("bert-wid", teacher=wide_classifier_dir, data=labelled_file, out=tmp_path / "scrambled",
+                             overrides={**first_steps, "train.compactor_lr": 1e-3}, progress=False)
+    metrics = json.loads((scrambled / "compression.json").read_text())["metrics"]
+    assert metrics["fidelity_after_prune"] < 0.7
+    assert any("at chance" in warning for warning in metrics["warnings"])
+    assert "at chance" in (scrambled / "README.md").read_text()
