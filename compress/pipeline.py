@@ -56,8 +56,8 @@ from compress.outputs import (
 )
 from compress.recipe import Recipe, check_trainer_arguments, load_recipe
 from compress.report import base_macs
-from compress.sources import named_corpora
 from compress.sentence import MEAN_POOLING, SentencePipeline, is_sentence_transformer, sentence_encoder, teacher_pipeline
+from compress.sources import named_corpora
 from compress.structure import Structure
 from compress.teachers import default_teacher_path, load_teacher
 from compress.trainer import DISTILL_ATTR, CompressionTrainer, StopOnSignal
@@ -294,7 +294,7 @@ class Run:
 def _local_paths(*candidates: Any) -> list[Path]:
     """The candidates that name existing files or folders (hub ids and built-in names are not); a mix's or join's corpora too."""
     names = [name for c in candidates if not isinstance(c, PreTrainedModel) for name in named_corpora(c)]
-    return [Path(c) for c in names if c is not None and not isinstance(c, PreTrainedModel) and Path(c).exists()]
+    return [Path(c) for c in names if c is not None and Path(c).exists()]
 
 
 def check_before_training(recipe: Recipe, job: CompressionJob, teacher: PreTrainedModel) -> None:
