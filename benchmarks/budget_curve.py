@@ -14,7 +14,7 @@ labelled with its wall minutes, one panel per size. ``--variants`` compares dist
 on the same grid.
 
     python benchmarks/budget_curve.py --runs-dir runs/curve [--methods l0 wid magnitude layer-drop]
-        [--sizes 0.5 0.75] [--steps 360 720 1440 2880] [--variants recipe pooled hidden python-docs]
+        [--sizes 0.5 0.75] [--steps 360 720 1440 2880] [--variants recipe pooled hidden blocks python-docs]
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe": {},
     "hidden": {"distill.pooled_cos": 0.0, "distill.pooled_similarity": 0.0},
     "pooled": {"distill.pooled_cos": 1.0, "distill.pooled_similarity": 30.0},
-    # bert-l0's defaults before the corpus mix and the pooled terms (the other recipes' still)
-    "python-docs": {"data.text": "python-docs", "distill.pooled_cos": 0.0, "distill.pooled_similarity": 0.0},
+    # the training text as full token blocks across paragraphs and documents (the default before paragraphs)
+    "blocks": {"data.examples": "blocks"},
+    # bert-l0's defaults before paragraphs, the corpus mix and the pooled terms
+    "python-docs": {
+        "data.text": "python-docs", "data.examples": "blocks", "distill.pooled_cos": 0.0, "distill.pooled_similarity": 0.0,
+    },
 }
 
 
@@ -77,7 +81,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     sizes = sorted({row["target_sparsity"] for row in rows})
     figure, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), squeeze=False)
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    markers = dict(zip(VARIANTS, "os^D"))
+    markers = dict(zip(VARIANTS, "os^Dv"))
     for axis, size in zip(axes[0], sizes):
         for method in METHODS:
             for variant in VARIANTS:

@@ -46,7 +46,6 @@ from compress.report import RunReport, build_report, load_run
 from compress.teachers import default_teacher_path, load_teacher, small_random_bert
 
 METHODS = {"wid": "bert-wid", "l0": "bert-l0", "magnitude": "bert-magnitude", "layer-drop": "bert-layer-drop"}
-SCHEDULE_STEPS = ("start_step", "ramp_steps", "end_step", "interval")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -58,24 +57,6 @@ def split_budget(method: str, steps: int) -> tuple[int, int]:
     return stage1, steps - stage1
 
 
-def scaled_schedule(schedule: dict | str, factor: float) -> dict | str:
-    """A recipe schedule with its step counts multiplied by ``factor`` (per-axis mappings too).
-
-    A ``module:function`` schedule counts its own steps and is returned as it is.
-    """
-    if isinstance(schedule, str):
-        return schedule
-    if "kind" not in schedule:
-        return {axis: scaled_schedule(entry, factor) for axis, entry in schedule.items()}
-    scaled = dict(schedule)
-    for key in SCHEDULE_STEPS:
-        if scaled.get(key):
-            scaled[key] = max(1, round(scaled[key] * factor)) if key != "start_step" else round(scaled[key] * factor)
-    if scaled.get("end_step") is not None:
-        scaled["end_step"] = max(scaled["end_step"], scaled.get("start_step", 0) + 1)
-    return scaled
-
-
 def layers_to_keep(total: int, sparsity: float) -> int:
     """Teacher layers to keep so the encoder sparsity (1 - kept / total) is closest to ``sparsity``; ties keep more."""
     return min(range(1, total + 1), key=lambda keep: (round(abs(1 - keep / total - sparsity), 9), -keep))
@@ -83,11 +64,9 @@ def layers_to_keep(total: int, sparsity: float) -> int:
 
 def suite_recipe(method: str, sparsity: float, steps: int, teacher_layers: int, batch: int, seq: int) -> Recipe:
     """The bundled recipe of ``method`` set to ``sparsity`` and the suite's budget (``steps``, ``batch`` x ``seq``)."""
-    recipe = compress.load_recipe(METHODS[method])
     stage1, stage2 = split_budget(method, steps)
+    recipe = compress.load_recipe(METHODS[method]).with_steps(stage1, stage2)
     overrides: dict[str, Any] = {
-        "train.max_steps": stage1,
-        "finetune.max_steps": stage2,
         "train.batch_size": batch,
         "train.seq_len": seq,
         "train.save_steps": steps + 1,  # no checkpoints: the suite does not resume half-trained runs
@@ -97,7 +76,6 @@ def suite_recipe(method: str, sparsity: float, steps: int, teacher_layers: int, 
         overrides["prune.target"] = {"attention": keep, "mlp": keep}
     else:
         overrides["prune.target_sparsity"] = sparsity
-        overrides["prune.schedule"] = scaled_schedule(recipe.prune["schedule"], stage1 / recipe.train["max_steps"])
     return recipe.override(overrides)
 
 

@@ -1,4 +1,4 @@
-"""Text data for distillation and evaluation: load a corpus, split it by document, pack it into blocks.
+"""Text data for distillation and evaluation: load a corpus, split it by document, cut it into examples.
 
 Every loader returns a ``datasets.Dataset`` with one column, ``text``, one document per row, so
 training and evaluation see the same shape whatever the source.
@@ -20,13 +20,14 @@ from datasets.exceptions import DatasetsError
 
 from compress.corpora import BUILTINS
 from compress.errors import DataError
-from compress.sources import mix_problem, named_corpora
+from compress.sources import TEXT_EXAMPLES, mix_problem, named_corpora
 
 BUILTIN = "python-docs"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_SUFFIX = ".txt"
 SUPPORTED = "a .txt, .jsonl, .json, .csv or .parquet file, or a folder written by Dataset.save_to_disk"
 PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+LETTER = re.compile(r"[^\W\d_]")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -211,6 +212,43 @@ def pack_tokens(texts: Dataset, tokenizer: Any, seq_len: int) -> Dataset:
     return Dataset.from_dict(columns).with_format("torch")
 
 
+def paragraph_examples(texts: Dataset, tokenizer: Any, seq_len: int) -> Dataset:
+    """One example per paragraph of every document (a longer paragraph is cut into ``seq_len`` pieces).
+
+    Unlike ``pack_tokens`` no example joins text of two paragraphs, so the student trains on inputs
+    shaped like the sentences and paragraphs a sentence encoder embeds: short ones stay short, and
+    their pooled embeddings are of one text each. Each piece is ``[CLS] ... [SEP]`` (no special tokens
+    if the tokenizer has none); the examples have different lengths, so the collator pads each batch
+    (``DataCollatorWithPadding``). Paragraphs without a letter (rules, blank runs) are skipped.
+    """
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    special = cls is not None and sep is not None
+    body = seq_len - 2 if special else seq_len
+    if body < 1:
+        raise DataError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]; pass seq_len >= 3")
+
+    def cut(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        paragraphs = [
+            " ".join(paragraph.split())
+            for document in batch["text"]
+            for paragraph in PARAGRAPH_BREAK.split(document)
+            if LETTER.search(paragraph)
+        ]
+        ids = tokenizer(paragraphs, add_special_tokens=False, verbose=False)["input_ids"] if paragraphs else []
+        pieces = [row[start : start + body] for row in ids for start in range(0, len(row), body)]
+        if special:
+            pieces = [[cls, *piece, sep] for piece in pieces]
+        columns = {"input_ids": pieces, "attention_mask": [[1] * len(piece) for piece in pieces]}
+        if "token_type_ids" in tokenizer.model_input_names:
+            columns["token_type_ids"] = [[0] * len(piece) for piece in pieces]
+        return columns
+
+    examples = texts.map(cut, batched=True, remove_columns=texts.column_names, desc="tokenising paragraphs")
+    if len(examples) == 0:
+        raise DataError("the corpus has no paragraph with a letter in it; pass a corpus of text")
+    return examples
+
+
 def _token_stream(texts: Dataset, tokenizer: Any) -> np.ndarray:
     """All documents' token ids (no special tokens) end to end, as one int32 array."""
 
@@ -309,7 +347,15 @@ def text_datasets(
     held_out_fraction: float = 0.1,
     seed: int = 0,
     column: str | None = None,
+    examples: str = "blocks",
 ) -> tuple[Dataset, Dataset, Dataset]:
-    """Load ``source``, split it by document and pack both parts: (train_blocks, held_out_blocks, held_out_texts)."""
+    """Load ``source``, split it by document and cut both parts into examples: (train, held_out, held_out_texts).
+
+    ``examples`` is ``blocks`` (``pack_tokens``: full blocks across documents) or ``paragraphs``
+    (``paragraph_examples``: one per paragraph, padded per batch).
+    """
     train_texts, held_out_texts = split_source(source, held_out_fraction, seed, column)
-    return pack_tokens(train_texts, tokenizer, seq_len), pack_tokens(held_out_texts, tokenizer, seq_len), held_out_texts
+    if examples not in TEXT_EXAMPLES:
+        raise DataError(f"examples={examples!r}: pass one of {', '.join(TEXT_EXAMPLES)}")
+    cut = pack_tokens if examples == "blocks" else paragraph_examples
+    return cut(train_texts, tokenizer, seq_len), cut(held_out_texts, tokenizer, seq_len), held_out_texts

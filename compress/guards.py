@@ -19,6 +19,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from compress.errors import CompressError
+from pruners.schedules import resolve_axis_schedules
 
 #: how many non-finite tensors (or parameters) a message names before "..."
 _NAMED = 3
@@ -106,6 +107,24 @@ def fidelity_at_chance(fidelity: float, chance: float | None) -> str | None:
         f"the student is at chance: its accuracy retention is {fidelity:.3f}, and a model that always predicts the most common "
         f"held-out label gets {chance:.3f}; it did not learn the task. Look at the task loss in training_log.json; "
         "lower train.lr (and train.compactor_lr for wid) or try the bert-l0 recipe"
+    )
+
+
+def schedule_outlasts_stage(spec: Any, axes: list[str], steps: int) -> str | None:
+    """A warning when the pruning schedule ``spec`` has not reached its target by the last of stage 1's ``steps``.
+
+    The fold then removes the rest at once, untrained (a shorter ``train.max_steps`` than the recipe's
+    keeps its schedule's step counts unless ``Recipe.with_steps`` scales them).
+    """
+    if steps <= 0:
+        return None
+    reached = min(float(schedule(steps)) for schedule in resolve_axis_schedules(spec, axes).values())
+    if reached >= 1:
+        return None
+    return (
+        f"prune.schedule has gone {reached:.0%} of the way to the target at the end of stage 1 (train.max_steps={steps}); "
+        "the fold removes the rest at once, untrained: end the schedule within stage 1 (prune.schedule.ramp_steps or "
+        "end_step), or in Python scale it with the steps (recipe.with_steps)"
     )
 
 

@@ -40,7 +40,7 @@ from compress.export import TRAINING_LOG_FILE, write_student
 from compress.families import recipe_fits
 from compress.fingerprint import check_fingerprint, run_fingerprint, write_fingerprint
 from compress.folding import CompressionRecord, fold
-from compress.guards import FiniteGuard, fidelity_at_chance, fidelity_collapse
+from compress.guards import FiniteGuard, fidelity_at_chance, fidelity_collapse, schedule_outlasts_stage
 from compress.generic import job_for
 from compress.job import CompressionJob
 from compress.methods.base import PruningMethod
@@ -125,12 +125,21 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def trainer_defaults(recipe: Recipe) -> dict[str, Any]:
+    """The TrainingArguments a recipe's ``trainer:`` section may override: ``TRAINER_DEFAULTS``, and for
+    paragraph examples (``data.examples``) batches of paragraphs of similar length, each padded to its
+    longest paragraph rather than to ``train.seq_len``."""
+    if recipe.data["examples"] == "paragraphs":
+        return {**TRAINER_DEFAULTS, "train_sampling_strategy": "group_by_length"}
+    return dict(TRAINER_DEFAULTS)
+
+
 def training_arguments(
     recipe: Recipe, stage_dir: Path, stage: str, progress: bool, max_steps: int | None = None
 ) -> TrainingArguments:
     """The Trainer's arguments for ``stage`` (``prune`` or ``finetune``) of ``recipe``.
 
-    ``recipe.trainer`` is passed through over ``TRAINER_DEFAULTS``; the arguments set below come from
+    ``recipe.trainer`` is passed through over ``trainer_defaults``; the arguments set below come from
     the recipe's own keys (the recipe refuses them in ``trainer:``, ``LIBRARY_TRAINING_ARGUMENTS``).
     ``max_steps`` replaces the stage's steps (one student's part of a multi-size stage 1).
     """
@@ -138,7 +147,7 @@ def training_arguments(
     steps, lr = (train["max_steps"], train["lr"]) if stage == PRUNE else (recipe.finetune["max_steps"], recipe.finetune["lr"])
     steps = steps if max_steps is None else max_steps
     return TrainingArguments(
-        **{**TRAINER_DEFAULTS, **recipe.trainer},
+        **{**trainer_defaults(recipe), **recipe.trainer},
         output_dir=str(stage_dir),
         max_steps=steps,
         per_device_train_batch_size=train["batch_size"],
@@ -408,11 +417,14 @@ def setup(
             f"the held-out split has {prepared.held_out_count} {prepared.held_out_name.replace('_', ' ')}, and fidelity "
             f"needs at least {MIN_FIDELITY_ITEMS}: pass more data or raise data.held_out (now {recipe.data['held_out']})"
         )
+    width = teacher.config.hidden_size
+    try:
+        distillation = DistillationLoss(recipe.distill, width, width, pooling=pooling)
+    except ValueError as err:  # a distill section the losses cannot be built from (an empty layer map)
+        raise RecipeError(f"{recipe.source}: {err}") from None
     if is_main_process():
         source = data or (recipe.data["audio"] if modality == "speech" else recipe.data["text"])
         out = prepare_output(out, overwrite, resume, protected, run_fingerprint(recipe.to_dict(), job.teacher_hash, source))
-    width = teacher.config.hidden_size
-    distillation = DistillationLoss(recipe.distill, width, width, pooling=pooling)
     return Run(
         recipe, teacher, processor, out, job, prepared, distillation, resume, progress, keep_checkpoints,
         teacher_dir=Path(teacher_dir) if teacher_dir is not None else None, pipeline=pipeline, started=started,
@@ -448,8 +460,10 @@ def build_trainer(
 
 def prune_stage(run: Run) -> None:
     """Stage 1: train the gated model while its method chooses the structure (or choose it one-shot)."""
-    job = run.job
+    job, prune = run.job, run.recipe.prune
     if run.recipe.train["max_steps"] > 0:
+        late = schedule_outlasts_stage(prune["schedule"], prune["axes"], run.recipe.train["max_steps"])
+        _warn(run, [late] if late else [])
         trainer = build_trainer(run, job.model, PRUNE, run.distillation, method=job.method)
         run.logs[PRUNE] = _train_stage(trainer, run.stage_dir(PRUNE), run.resume, run.stopper)
         run.distillation = getattr(job.model, DISTILL_ATTR)

@@ -18,7 +18,7 @@ from compress.methods import method_names, settings_fragments
 from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_closed, fraction_open, merge_fragment, one_of
 from compress.schema import positive
 from compress.schema import unknown_key, validate
-from compress.sources import mix_problem
+from compress.sources import TEXT_EXAMPLES, mix_problem
 from pruners import schedules
 
 EXPORT_FORMATS = ("auto", "stock", "heterogeneous")
@@ -212,6 +212,9 @@ SCHEMA: dict[str, Any] = {
         "column": Field(STR, None, nullable=True),
         # the class-label column of a labelled set: trains a classification teacher's task (distill.task, logits_kl)
         "label": Field(STR, None, nullable=True),
+        # how text becomes training examples: blocks (documents end to end, cut into full train.seq_len
+        # blocks) or paragraphs (one example per paragraph, at most train.seq_len tokens, padded per batch)
+        "examples": Field(STR, "blocks", check=one_of(TEXT_EXAMPLES)),
         "held_out": Field(FLOAT, 0.1, check=fraction_open),
         "min_seconds": Field(FLOAT, 1.0, check=positive),
         "max_seconds": Field(FLOAT, 15.0, check=positive),
@@ -365,6 +368,20 @@ class Recipe:
                 )
             mapping[inner[-1]] = copy.deepcopy(value)
         return Recipe(data, source=f"{self.source} (overridden)")
+
+    def with_steps(self, train_steps: int, finetune_steps: int) -> Recipe:
+        """The recipe at another budget: both stages' steps replaced and the pruning schedule scaled with stage 1.
+
+        ``override({"train.max_steps": n})`` alone keeps the schedule's step counts, so a much shorter run
+        would end before its ramp; this keeps the ramp the same fraction of stage 1.
+        """
+        own = self.train["max_steps"]
+        factor = train_steps / own if own else 1.0
+        return self.override({
+            "train.max_steps": train_steps,
+            "finetune.max_steps": finetune_steps,
+            "prune.schedule": schedules.scaled_spec(self.prune["schedule"], factor),
+        })
 
     def __repr__(self) -> str:
         return f"Recipe(name={self.name!r}, family={self.family!r}, method={self._data['prune']['method']!r})"

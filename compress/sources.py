@@ -13,6 +13,8 @@ from typing import Any
 #: joins several corpora into one source: python-docs+wordnet, python-docs+my_corpus.jsonl
 JOIN = "+"
 MIX_EXAMPLE = "{python-docs: 1, wordnet: 3}"
+#: how text becomes training examples (data.examples): full blocks across documents, or one per paragraph
+TEXT_EXAMPLES = ("blocks", "paragraphs")
 
 
 def is_join(source: Any) -> bool:

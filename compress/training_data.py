@@ -1,9 +1,9 @@
 """What the training stages read: the training set, its collator and the held-out fidelity, per modality.
 
-Text teachers train on packed token blocks and are scored on held-out sentences; speech teachers
-train on length-bucketed audio crops and are scored on held-out clips (``compress.evaluate``). A task
-run (``data.label``, a teacher with a classification head) trains on labelled examples, padded per
-batch, and is scored by held-out accuracy retention.
+Text teachers train on the corpus's paragraphs (or packed token blocks, ``data.examples``) and are
+scored on held-out sentences; speech teachers train on length-bucketed audio crops and are scored on
+held-out clips (``compress.evaluate``). A task run (``data.label``, a teacher with a classification
+head) trains on labelled examples, padded per batch, and is scored by held-out accuracy retention.
 """
 
 from __future__ import annotations
@@ -118,11 +118,11 @@ def _task_data(recipe: Recipe, tokenizer: Any, source: str | Path, label2id: dic
 
 def _text_data(recipe: Recipe, tokenizer: Any, source: str | Path | Mapping[str, float], pooling: Pooling) -> TrainingData:
     train, data = recipe.train, recipe.data
-    blocks, _, held_texts = text_datasets(
-        source, tokenizer, train["seq_len"], data["held_out"], train["seed"], data["column"]
+    examples, _, held_texts = text_datasets(
+        source, tokenizer, train["seq_len"], data["held_out"], train["seed"], data["column"], data["examples"]
     )
     sentences = held_out_sentences(held_texts)
-    collator = None
+    collator = None if data["examples"] == "blocks" else DataCollatorWithPadding(tokenizer)
     if train["objective"] == "mlm":
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=train["mlm_probability"], seed=train["seed"])
 
@@ -130,7 +130,7 @@ def _text_data(recipe: Recipe, tokenizer: Any, source: str | Path | Mapping[str,
         return embedding_fidelity(teacher, student, tokenizer, sentences, pooling=pooling)
 
     return TrainingData(
-        blocks, collator, "held_out_sentences", len(sentences), fidelity if sentences else None, pooling, source
+        examples, collator, "held_out_sentences", len(sentences), fidelity if sentences else None, pooling, source
     )
 
 

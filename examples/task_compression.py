@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="bert-l0", help="bert-l0, bert-wid, bert-magnitude, ...")
     parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of encoder parameters removed")
     parser.add_argument("--steps", type=int, default=400, help="pruning steps (the dense student then trains half as many)")
+    parser.add_argument("--batch", type=int, default=16, help="examples per step of both stages")
     parser.add_argument("--teacher-epochs", type=float, default=3.0)
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier student of this recipe and sparsity")
     args = parser.parse_args()
@@ -117,8 +118,10 @@ def main() -> None:
     train, test = write_task(args.work)
     teacher = fine_tune_teacher(args.work, train, args.teacher_epochs)
     out = args.work / f"{args.recipe}-{round(args.sparsity * 100)}"
+    # the recipe at this budget: its pruning schedule scaled with the steps
+    recipe = compress.load_recipe(args.recipe).with_steps(args.steps, args.steps // 2)
     compress.run(
-        args.recipe,
+        recipe,
         teacher=teacher,
         data=train,
         out=out,
@@ -131,8 +134,7 @@ def main() -> None:
             "distill.pooled_cos": 0.0,
             "distill.pooled_similarity": 0.0,
             "prune.target_sparsity": args.sparsity,
-            "train.max_steps": args.steps,
-            "finetune.max_steps": args.steps // 2,
+            "train.batch_size": args.batch,
         },
     )
     record = json.loads((out / "compression.json").read_text(encoding="utf-8"))

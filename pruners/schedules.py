@@ -216,6 +216,30 @@ def _for_entry(name: str, action: Callable[[ScheduleSpec], Any], spec: ScheduleS
         raise ValueError(f"schedule for {name!r}: {err}") from err
 
 
+#: the keys of a schedule spec that count steps
+STEP_KEYS = ("start_step", "ramp_steps", "end_step", "interval")
+
+
+def scaled_spec(spec: Any, factor: float) -> Any:
+    """A schedule spec (or per-axis mapping of them) with its step counts multiplied by ``factor``.
+
+    The same schedule shape for a run of ``factor`` times the steps; a ``module:function`` schedule
+    counts its own steps and is returned as it is. Every count but ``start_step`` stays at least 1, and
+    an ``end_step`` stays after its ``start_step``.
+    """
+    if isinstance(spec, str):
+        return spec
+    if not _is_single(spec):
+        return {name: scaled_spec(entry, factor) for name, entry in spec.items()}
+    scaled = dict(spec)
+    for key in STEP_KEYS:
+        if scaled.get(key):
+            scaled[key] = round(scaled[key] * factor) if key == "start_step" else max(1, round(scaled[key] * factor))
+    if scaled.get("end_step") is not None:
+        scaled["end_step"] = max(scaled["end_step"], scaled.get("start_step", 0) + 1)
+    return scaled
+
+
 def compressed(schedule: Schedule, scale: float) -> Schedule:
     """``schedule`` run ``scale`` times faster: its ramp, written for a whole run, fits one part of it.
 

@@ -15,7 +15,7 @@ from datasets import Dataset, DatasetDict
 from pydoc_data.topics import topics
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from compress.data import load_texts, pack_tokens, split_held_out, text_datasets
+from compress.data import load_texts, pack_tokens, paragraph_examples, split_held_out, text_datasets
 from compress.errors import CompressError, DataError
 from compress.evaluate import (
     embedding_fidelity,
@@ -250,6 +250,43 @@ def test_text_datasets_packs_train_and_held_out_separately(minilm, corpus):
     assert list(held_texts["text"]) == list(expected_held["text"])
     assert train[:]["input_ids"].shape[1] == held_blocks[:]["input_ids"].shape[1] == 64
     assert len(train) > len(held_blocks) > 0
+
+
+def test_paragraph_examples_are_one_per_paragraph_and_never_join_two(minilm):
+    tokenizer = minilm[1]
+    long = " ".join(f"word{i}" for i in range(60))
+    texts = Dataset.from_dict({"text": ["A short one.\n\nAnother   paragraph\nover two lines.", f"----\n\n{long}"]})
+    examples = paragraph_examples(texts, tokenizer, 16)
+    rows = examples["input_ids"]
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert all(row[0] == cls and row[-1] == sep and 3 <= len(row) <= 16 for row in rows)
+    decoded = [tokenizer.decode(row[1:-1]) for row in rows]
+    assert decoded[:2] == ["a short one.", "another paragraph over two lines."]  # the rule "----" is skipped
+    long_ids = tokenizer(long, add_special_tokens=False)["input_ids"]
+    assert [token for row in rows[2:] for token in row[1:-1]] == long_ids  # cut in 14-token pieces, in order
+    assert len(rows) == 2 + math.ceil(len(long_ids) / 14)
+    assert examples["attention_mask"] == [[1] * len(row) for row in rows]
+    assert examples["token_type_ids"] == [[0] * len(row) for row in rows]
+
+
+def test_paragraph_examples_refuse_text_without_letters_and_unknown_modes(minilm):
+    with pytest.raises(DataError, match="no paragraph with a letter"):
+        paragraph_examples(Dataset.from_dict({"text": ["1234\n\n----"]}), minilm[1], 16)
+    with pytest.raises(DataError, match="seq_len >= 3"):
+        paragraph_examples(Dataset.from_dict({"text": ["words"]}), minilm[1], 2)
+    with pytest.raises(DataError, match="examples='sentences': pass one of blocks, paragraphs"):
+        text_datasets("python-docs", minilm[1], 64, examples="sentences")
+
+
+def test_text_datasets_cuts_paragraphs_of_the_same_documents(minilm):
+    blocks, _, held = text_datasets("python-docs", minilm[1], 64, held_out_fraction=0.2, seed=3)
+    paragraphs, _, held_again = text_datasets("python-docs", minilm[1], 64, 0.2, 3, examples="paragraphs")
+    assert list(held["text"]) == list(held_again["text"])
+    lengths = [len(row) for row in paragraphs["input_ids"]]
+    assert max(lengths) == 64 and min(lengths) < 16 and len(paragraphs) > len(blocks)
+    # the same text: the paragraphs hold the blocks' tokens, give or take whitespace-only paragraphs
+    tokens = sum(lengths) - 2 * len(paragraphs)
+    assert 0.95 < tokens / (len(blocks) * 62) < 1.1
 
 
 # ---------------------------------------------------------------- fidelity

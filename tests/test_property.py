@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import compress
-from compress.errors import CompressError
+from compress.errors import CompressError, RecipeError
 
 WORDS = "the of model student teacher fold gate prune layer head unit text data run 0 1 2 , . ; ( )".split()
 
@@ -60,3 +60,13 @@ def test_any_overrides_on_any_small_data_succeed_or_fail_with_one_line(tiny_teac
         assert message and "\n" not in message, f"not one line: {message!r}"
         return
     assert compress.load_student(folder / "student") is not None
+
+
+def test_an_empty_layer_map_with_hidden_terms_is_a_recipe_error_before_the_output_folder(tiny_teacher_dir, tmp_path):
+    # found by the property test above: the loss's own ValueError escaped the run as a traceback
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n\n".join(" ".join(WORDS[i % 9 :] + WORDS[: i % 9]) for i in range(60)))
+    overrides = {"distill.layers": [], "train.max_steps": 2, "finetune.max_steps": 1, "train.batch_size": 2}
+    with pytest.raises(RecipeError, match=r"^recipe bert-l0.*: distill.layers is empty but a hidden_\* weight is > 0"):
+        compress.run("bert-l0", teacher=tiny_teacher_dir, data=data, out=tmp_path / "student", overrides=overrides)
+    assert not (tmp_path / "student").exists() and not (tmp_path / "student.checkpoints").exists()

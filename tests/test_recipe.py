@@ -25,6 +25,19 @@ def test_override_returns_a_new_validated_recipe():
     assert explicit["prune.target"] == {"hidden": 256, "ffn": 1024}
 
 
+def test_with_steps_keeps_the_schedule_the_same_share_of_stage_one():
+    magnitude = compress.load_recipe("bert-magnitude")  # cubic to step 300 of 400, every 25 steps
+    short = magnitude.with_steps(100, 30)
+    assert (short.train["max_steps"], short.finetune["max_steps"]) == (100, 30)
+    assert short.prune["schedule"] == {"kind": "cubic", "start_step": 0, "end_step": 75, "interval": 6}
+    l0 = compress.load_recipe("bert-l0")
+    ramp = l0.prune["schedule"]["ramp_steps"] / l0.train["max_steps"]
+    longer = l0.with_steps(4 * l0.train["max_steps"], 10)
+    assert longer.prune["schedule"]["ramp_steps"] / longer.train["max_steps"] == ramp
+    layer_drop = compress.load_recipe("bert-layer-drop").with_steps(0, 50)  # no stage 1: nothing to scale
+    assert layer_drop.prune["schedule"] == {"kind": "constant"} and layer_drop.finetune["max_steps"] == 50
+
+
 def test_file_recipe_gets_defaults(tmp_path):
     path = tmp_path / "small.yaml"
     path.write_text("name: small\nprune: {axes: [heads, ffn], target_sparsity: 0.3}\n")

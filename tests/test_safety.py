@@ -193,6 +193,18 @@ def test_a_target_the_axes_cannot_meet_is_a_warning_in_the_record(tiny_teacher_d
     assert any("keeps only" in w for w in warnings)
 
 
+def test_a_schedule_longer_than_stage_1_is_a_warning_and_with_steps_scales_it(tiny_teacher_dir, tmp_path):
+    # bert-l0 ramps over 500 of its 800 steps: a 6-step stage 1 would reach 1% of the target and fold the rest
+    short = {key: value for key, value in SHORT.items() if key != "prune.schedule"}
+    out = compress.run("bert-l0", teacher=tiny_teacher_dir, out=tmp_path / "late", progress=False, overrides=short)
+    warnings = json.loads((out / "compression.json").read_text())["metrics"]["warnings"]
+    assert any("prune.schedule has gone 1% of the way to the target at the end of stage 1" in w for w in warnings)
+    scaled = compress.load_recipe("bert-l0").with_steps(SHORT["train.max_steps"], SHORT["finetune.max_steps"])
+    out = compress.run(scaled, teacher=tiny_teacher_dir, out=tmp_path / "scaled", progress=False, overrides=short)
+    metrics = json.loads((out / "compression.json").read_text())["metrics"]
+    assert not any("prune.schedule" in w for w in metrics.get("warnings", []))
+
+
 def test_a_fidelity_collapse_in_stage_2_is_a_warning_in_the_record(tiny_teacher_dir, tmp_path):
     """The stages one by one, with stage 2 replaced by one that ruins the student (as a huge finetune.lr did)."""
     from compress import pipeline

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import offline_env
 
+from pruners import schedules
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "suite.py"
 METHODS = ("wid", "l0", "magnitude", "layer-drop")
@@ -46,7 +48,7 @@ def test_every_method_gets_the_same_steps_and_scaled_schedules(suite):
     # bert-magnitude ramps to step 300 of 400 every 25 steps: 240 steps scale that by 0.6.
     assert recipes["magnitude"].prune["schedule"] == {"kind": "cubic", "start_step": 0, "end_step": 180, "interval": 15}
     assert recipes["l0"].prune["schedule"] == {"kind": "linear", "start_step": 0, "ramp_steps": 150}
-    per_axis = suite.scaled_schedule({"hidden": {"kind": "linear", "start_step": 10, "end_step": 11}, "default": "m:f"}, 0.1)
+    per_axis = schedules.scaled_spec({"hidden": {"kind": "linear", "start_step": 10, "end_step": 11}, "default": "m:f"}, 0.1)
     assert per_axis == {"hidden": {"kind": "linear", "start_step": 1, "end_step": 2}, "default": "m:f"}
 
 

@@ -191,7 +191,7 @@ def test_wid_keeps_a_classifier_through_its_first_steps_and_a_student_at_chance_
                    "prune.schedule": {"kind": "cubic", "start_step": 100, "end_step": 200, "interval": 10}}
     kept = compress.run("bert-wid", teacher=wide_classifier_dir, data=labelled_file, out=tmp_path / "kept", overrides=first_steps, progress=False)
     metrics = json.loads((kept / "compression.json").read_text())["metrics"]
-    assert metrics["fidelity_after_prune"] >= 0.95 and not metrics.get("warnings")
+    assert metrics["fidelity_after_prune"] >= 0.95 and not any("at chance" in w for w in metrics.get("warnings", []))
     scrambled = compress.run("bert-wid", teacher=wide_classifier_dir, data=labelled_file, out=tmp_path / "scrambled",
                              overrides={**first_steps, "train.compactor_lr": 1e-3}, progress=False)
     metrics = json.loads((scrambled / "compression.json").read_text())["metrics"]

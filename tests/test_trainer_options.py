@@ -18,7 +18,7 @@ from transformers import TrainingArguments
 import compress
 from compress import cli
 from compress.errors import RecipeError
-from compress.pipeline import FINETUNE, PRUNE, RUNS_DIR, TRAINER_DEFAULTS, training_arguments
+from compress.pipeline import FINETUNE, PRUNE, RUNS_DIR, trainer_defaults, training_arguments
 from compress.recipe import LIBRARY_TRAINING_ARGUMENTS
 
 FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
@@ -83,7 +83,7 @@ def test_every_argument_the_run_sets_is_refused_or_an_overridable_default(tmp_pa
         stock = TrainingArguments(output_dir=str(tmp_path), use_cpu=args.use_cpu)
         changed = {name for name in FIELDS if getattr(args, name) != getattr(stock, name)}
         assert {"learning_rate", "max_steps", "save_steps", "accelerator_config", "save_total_limit"} <= changed
-        assert changed <= LIBRARY_TRAINING_ARGUMENTS.keys() | TRAINER_DEFAULTS.keys(), changed - LIBRARY_TRAINING_ARGUMENTS.keys()
+        assert changed <= LIBRARY_TRAINING_ARGUMENTS.keys() | trainer_defaults(recipe).keys(), changed - LIBRARY_TRAINING_ARGUMENTS.keys()
 
 
 def test_trainer_section_passes_through_over_the_defaults(tmp_path):
@@ -98,6 +98,15 @@ def test_trainer_section_passes_through_over_the_defaults(tmp_path):
         assert args.report_to == ["tensorboard"] and args.save_total_limit == 5 and args.dataloader_num_workers == 1
         assert args.weight_decay == 0.01 and args.activation_checkpointing is True
         assert args.learning_rate == lr and args.output_dir == str(tmp_path)
+
+
+def test_paragraph_examples_are_batched_by_length_unless_the_trainer_section_says_otherwise(tmp_path):
+    recipe = compress.load_recipe("bert-l0")
+    paragraphs, blocks = recipe.override({"data.examples": "paragraphs"}), recipe.override({"data.examples": "blocks"})
+    assert training_arguments(paragraphs, tmp_path, PRUNE, progress=False).train_sampling_strategy == "group_by_length"
+    assert training_arguments(blocks, tmp_path, PRUNE, progress=False).train_sampling_strategy == "random"
+    shuffled = paragraphs.override({"trainer": {"train_sampling_strategy": "random"}})
+    assert training_arguments(shuffled, tmp_path, FINETUNE, progress=False).train_sampling_strategy == "random"
 
 
 def _scalars(stage_runs: Path) -> dict[str, list[tuple[int, float]]]:
