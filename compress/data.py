@@ -27,6 +27,7 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 TEXT_SUFFIX = ".txt"
 SUPPORTED = "a .txt, .jsonl, .json, .csv or .parquet file, or a folder written by Dataset.save_to_disk"
 PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
+#: a paragraph or line with a letter holds text (not a rule of dashes or a row of numbers)
 LETTER = re.compile(r"[^\W\d_]")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -183,6 +184,20 @@ def split_held_out(texts: Dataset, fraction: float = 0.1, seed: int = 0) -> tupl
     return texts.select(sorted(order[held:])), texts.select(sorted(order[:held]))
 
 
+def _wrapping(tokenizer: Any, seq_len: int) -> tuple[int | None, int | None, int]:
+    """The ids an example of at most ``seq_len`` tokens is wrapped in, and the tokens of text left between.
+
+    ``[CLS] ... [SEP]`` when the tokenizer has both (else (None, None) and no wrapping).
+    """
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if cls is None or sep is None:
+        cls = sep = None
+    body = seq_len if cls is None else seq_len - 2
+    if body < 1:
+        raise DataError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]; pass seq_len >= 3")
+    return cls, sep, body
+
+
 def pack_tokens(texts: Dataset, tokenizer: Any, seq_len: int) -> Dataset:
     """Tokenise all documents, concatenate them and cut the stream into ``seq_len`` blocks.
 
@@ -191,11 +206,8 @@ def pack_tokens(texts: Dataset, tokenizer: Any, seq_len: int) -> Dataset:
     is needed. Columns: input_ids, attention_mask (all ones) and, if the tokenizer uses them,
     token_type_ids (all zeros); formatted as torch tensors.
     """
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    special = cls is not None and sep is not None
-    body = seq_len - 2 if special else seq_len
-    if body < 1:
-        raise DataError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]; pass seq_len >= 3")
+    cls, sep, body = _wrapping(tokenizer, seq_len)
+    special = cls is not None
     stream = _token_stream(texts, tokenizer)
     blocks = len(stream) // body
     if blocks == 0:
@@ -221,11 +233,8 @@ def paragraph_examples(texts: Dataset, tokenizer: Any, seq_len: int) -> Dataset:
     if the tokenizer has none); the examples have different lengths, so the collator pads each batch
     (``DataCollatorWithPadding``). Paragraphs without a letter (rules, blank runs) are skipped.
     """
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    special = cls is not None and sep is not None
-    body = seq_len - 2 if special else seq_len
-    if body < 1:
-        raise DataError(f"seq_len {seq_len} leaves no room for text between [CLS] and [SEP]; pass seq_len >= 3")
+    cls, sep, body = _wrapping(tokenizer, seq_len)
+    special = cls is not None
 
     def cut(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
         paragraphs = [

@@ -22,6 +22,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from compress.audio import features
+from compress.data import LETTER
 from compress.errors import DataError
 from compress.measure import position_limit
 from compress.sentence import DEFAULT_MAX_LENGTH, MEAN_POOLING, Pooling
@@ -32,7 +33,6 @@ ACCURACY_MEASURE = "accuracy retention, student / teacher accuracy on held-out l
 #: fewest held-out texts or clips a fidelity figure is computed over
 MIN_FIDELITY_ITEMS = 3
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-LETTER = re.compile(r"[^\W\d_]")
 
 
 def text_embeddings(
