@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="bundled recipe name (see `compress recipes`) or path to a .yaml file")
     run.add_argument("--teacher", help="Hugging Face model folder (default: the MiniLM teacher of the demo extra)")
     run.add_argument("--data", help="text corpus: a .txt/.jsonl/.csv/.parquet file, a save_to_disk folder, a hub "
-                     "dataset id, a built-in corpus (python-docs, wordnet), or several joined by + "
+                     "dataset id, a built-in corpus (python-docs, wordnet, sotu), or several joined by + "
                      "(default: the recipe's data.text, the built-in python-docs corpus); for a speech "
                      "teacher: a folder of .wav/.flac files or a dataset with an audio column (default: data.audio)")
     run.add_argument("--out", help="output folder (default: ./<recipe name>-student)")
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "embeddings and MLM decoder, a matching WordPiece tokenizer)")
     vocab.add_argument("dir", help="a student folder written by `compress run` (holds compression.json)")
     vocab.add_argument("--data", required=True, help="the corpus whose tokens are kept: a .txt/.jsonl/.csv/.parquet "
-                       "file, a save_to_disk folder, a hub dataset id, a built-in corpus (python-docs, wordnet), or several joined by +")
+                       "file, a save_to_disk folder, a hub dataset id, a built-in corpus (python-docs, wordnet, sotu), or several joined by +")
     vocab.add_argument("--out", required=True, help="output folder for the pruned student (never DIR itself)")
     vocab.add_argument("--min-count", type=int, default=1,
                        help="keep a token used at least this many times in the corpus (default 1: every used token)")

