@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from compress.errors import CompressError, Interrupted
+from compress.outputs import FIDELITY_KEYS
 from compress.recipe import bundled_recipes, load_recipe, parse_yaml
 from compress.structure import Structure
 
@@ -57,7 +58,7 @@ def sizes_table(summary: dict, shown: str) -> str:
     lines = [f"{len(summary['students'])} students written to {shown} in {summary['minutes']:.1f} min:"]
     lines.append(f"{'folder':16s} {'encoder removed':>15s} {'parameters':>12s} {'MACs ratio':>10s} {'fidelity':>9s}")
     for row in summary["students"]:
-        fidelity = row.get("fidelity_after_finetune", row.get("fidelity_after_prune"))
+        fidelity = next((row[key] for key in reversed(FIDELITY_KEYS) if key in row), None)
         shown_fidelity = f"{fidelity:9.3f}" if fidelity is not None else f"{'-':>9s}"
         lines.append(
             f"{row['folder']:16s} {row['encoder_sparsity']:15.1%} {row['parameters']:12,d} "

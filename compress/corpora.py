@@ -49,7 +49,7 @@ def package_data(package: str, folder: str, marker: str, corpus: str, install: s
     spec = importlib.util.find_spec(package)
     for location in (spec.submodule_search_locations or []) if spec else []:
         found = Path(location) / folder
-        if (found / marker).exists():
+        if (found / marker).is_file():
             return found
     raise DataError(
         f"the {corpus} corpus needs the files of the {package} package: {install}; or train on another "

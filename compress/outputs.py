@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 STUDENT_MARKER = "compression.json"
 #: the summary a multi-size run writes beside its students (``OUT/sparsity-0.50`` ...): it marks that folder alike
 SUMMARY_MARKER = "students.json"
+#: the held-out fidelity each stage records (``metrics`` of compression.json, rows of students.json), in stage order
+FIDELITY_KEYS = ("fidelity_after_prune", "fidelity_after_reconstruct", "fidelity_after_finetune")
 #: the hidden siblings the library creates next to ``out`` (``partial`` is what save_student used before the staging folders)
 _SIBLING_KINDS = ("staging", "old", "partial")
 _TOKEN_HEX = 8

@@ -4,7 +4,8 @@
 ``prune_stage`` trains the weights with distillation while the method chooses the structure
 (learned L0 gates under a size controller, scheduled top-k, compactors) or, with
 ``train.max_steps = 0``, lets the method choose it one-shot; ``fold_stage`` folds the gated model
-into the dense student; ``finetune_stage`` distils that student; ``export_stage`` writes it.
+into the dense student; ``reconstruct_stage`` (when ``reconstruct.batches`` > 0) refits its output
+projections to the teacher by least squares; ``finetune_stage`` distils it; ``export_stage`` writes it.
 ``run`` chains them (``STAGES``); a script can call them one by one, or replace one. Each
 training stage checkpoints into ``OUT.checkpoints/<stage>`` beside the output, so an interrupted run
 continues with ``resume=True`` (refused when the recipe, teacher or data changed); the student is built
@@ -46,6 +47,7 @@ from compress.job import CompressionJob
 from compress.methods.base import PruningMethod
 from compress.objective import with_layer_map, with_objective
 from compress.outputs import (
+    FIDELITY_KEYS,
     STUDENT_MARKER,
     SUMMARY_MARKER,
     StagedOutput,
@@ -55,6 +57,7 @@ from compress.outputs import (
     remove_stale_siblings,
 )
 from compress.recipe import Recipe, check_trainer_arguments, load_recipe
+from compress.reconstruct import calibration_batches, plan, reconstruct
 from compress.report import base_macs
 from compress.sentence import MEAN_POOLING, SentencePipeline, is_sentence_transformer, sentence_encoder, teacher_pipeline
 from compress.sources import named_corpora
@@ -327,6 +330,16 @@ def check_before_training(recipe: Recipe, job: CompressionJob, teacher: PreTrain
         )
 
 
+def check_reconstruct(recipe: Recipe, job: CompressionJob) -> None:
+    """Refuse ``reconstruct.batches`` for layers it cannot refit (no LayerNorm reading each sublayer's residual sum)."""
+    if recipe.reconstruct["batches"] > 0 and not job.adapter.residual_sums(0):
+        raise RecipeError(
+            f"reconstruct refits each sublayer's output projection against the LayerNorm that reads its residual sum "
+            f"(post-LN layers); the layers of this {type(job.model).__name__} have none (pre-LN, or the generic path): "
+            "set reconstruct.batches=0"
+        )
+
+
 def check_sizes(recipe: Recipe, job: CompressionJob) -> None:
     """Refuse a multi-size run that cannot give every student its part of stage 1, or a method that has no sizes."""
     count = len(job.targets)
@@ -389,12 +402,12 @@ def setup(
     # A sentence-transformers module the student cannot carry is refused now, not at export.
     pipeline = teacher_pipeline(teacher if is_object else teacher_dir)
     teacher, processor = _load_teacher(teacher, processor)
-    trains = recipe.train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0
+    trains = recipe.train["max_steps"] > 0 or recipe.finetune["max_steps"] > 0 or recipe.reconstruct["batches"] > 0
     if processor is None and trains:
         raise CompressError(
-            "training needs the teacher's tokenizer (feature extractor for speech) and the teacher folder has none: "
-            "save it there (tokenizer.save_pretrained(TEACHER_DIR)), or in Python pass processor=...; a one-shot run "
-            "(train.max_steps=0 finetune.max_steps=0) needs none"
+            "training needs the teacher's tokenizer (feature extractor for speech), and so does reconstruct, and the "
+            "teacher folder has none: save it there (tokenizer.save_pretrained(TEACHER_DIR)), or in Python pass processor=...; a "
+            "one-shot run (train.max_steps=0 finetune.max_steps=0 reconstruct.batches=0) needs none"
         )
     set_seed(recipe.train["seed"])
     modality = modality_of(teacher)
@@ -405,6 +418,7 @@ def setup(
     for target in job.targets:  # a target the axes cannot meet is refused before any step
         target.check_reachable(job.gated)
     check_sizes(recipe, job)
+    check_reconstruct(recipe, job)
     check_before_training(recipe, job, teacher)
     if recipe.export["vocabulary"] is not None:  # refused now rather than after training
         if modality != "text" or processor is None:
@@ -517,6 +531,29 @@ def fold_stage(run: Run) -> None:
             run.metrics["pooling"] = run.data.pooling.to_dict()
 
 
+def reconstruct_stage(run: Run) -> None:
+    """Refit the student's output projections to the teacher's residual stream (skipped when ``reconstruct.batches`` is 0)."""
+    settings = run.recipe.reconstruct
+    if settings["batches"] <= 0:
+        return
+    student, record = run.student, run.record
+    batches = calibration_batches(
+        run.data.train, run.data.collator, run.recipe.train["batch_size"], settings["batches"], run.recipe.train["seed"]
+    )
+    layers = record.kept_layers or list(range(student.config.num_hidden_layers))
+    hidden = record.kept_indices.get("hidden")
+    errors = reconstruct(
+        student, run.teacher, plan(student, run.job.adapter.residual_sums, layers), batches,
+        torch.tensor(hidden) if hidden is not None else None, settings["ridge"], run.progress,
+    )
+    run.metrics["reconstruct"] = {
+        "sublayers": len(errors), "batches": len(batches),
+        "error_before": sum(e[0] for e in errors) / len(errors), "error_after": sum(e[1] for e in errors) / len(errors),
+    }
+    if run.data.fidelity:
+        run.metrics["fidelity_after_reconstruct"] = run.data.fidelity(run.teacher, student)
+
+
 def finetune_stage(run: Run) -> None:
     """Stage 2: distil the dense student from the teacher (skipped when ``finetune.max_steps`` is 0)."""
     if run.recipe.finetune["max_steps"] <= 0:
@@ -608,7 +645,7 @@ def export_stage(run: Run) -> Path:
     return run.out
 
 
-STAGES: tuple[Callable[[Run], Any], ...] = (prune_stage, fold_stage, finetune_stage, export_stage)
+STAGES: tuple[Callable[[Run], Any], ...] = (prune_stage, fold_stage, reconstruct_stage, finetune_stage, export_stage)
 
 
 # -- several students from one run ----------------------------------------------------------------
@@ -658,6 +695,7 @@ def size_student(run: Run, index: int, state: Mapping[str, torch.Tensor]) -> Run
     else:
         student.metrics.update(job.method.one_shot())
     fold_stage(student)
+    reconstruct_stage(student)
     prune = student.record.recipe["prune"]
     key = "target_macs" if target.macs is not None else "target_sparsity"
     student.metrics["sizes"] = {key: prune[key], "student": index}
@@ -689,7 +727,7 @@ def summary_rows(students: list[Run]) -> list[dict[str, Any]]:
                 "parameters": structure.parameters,
                 "teacher_parameters": structure.teacher_parameters,
                 "macs_ratio": structure.macs_ratio,
-                **{key: metrics[key] for key in ("fidelity_after_prune", "fidelity_after_finetune") if key in metrics},
+                **{key: metrics[key] for key in FIDELITY_KEYS if key in metrics},
             }
         )
     return rows

@@ -204,6 +204,11 @@ SCHEMA: dict[str, Any] = {
         "max_steps": Field(INT, 200, check=at_least(0)),
         "lr": Field(FLOAT, 1.0e-4, check=positive),
     },
+    # between fold and finetune: refit output projections to the teacher's residual stream (compress.reconstruct)
+    "reconstruct": {
+        "batches": Field(INT, 0, check=at_least(0)),  # calibration batches of train.batch_size; 0: skip the stage
+        "ridge": Field(FLOAT, 1.0e-2, check=positive),  # pull toward the current weights, relative to the inputs' energy
+    },
     "data": {
         # a corpus, a '+' join, or a mix {corpus: share} (shares of the training text by characters)
         "text": Field((str, dict), "python-docs", check=_text_source),

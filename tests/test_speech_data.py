@@ -273,3 +273,15 @@ def test_speech_run_without_audio_says_what_to_pass(teacher_and_audio, tmp_path)
     layers = {"distill.layers": [[0, 0], [depth, depth]]}
     with pytest.raises(DataError, match="speech teacher needs audio.*--data AUDIO"):
         compress.run("hubert-dphubert", teacher=teacher_dir, out=tmp_path / "run", overrides=layers, progress=False)
+
+
+def test_reconstruct_refits_a_one_shot_speech_student(teacher_and_audio, tmp_path):
+    """Post-LN HuBERT layers: the stage reads the length-bucketed audio and lowers every sublayer's error."""
+    teacher_dir, audio_dir = teacher_and_audio
+    overrides = {**SHORT, "train.max_steps": 0, "finetune.max_steps": 0, "reconstruct.batches": 2}
+    out = compress.run("hubert-dphubert", teacher=teacher_dir, data=audio_dir, out=tmp_path / "run",
+                       overrides=overrides, progress=False)
+    metrics = json.loads((out / "compression.json").read_text())["metrics"]
+    assert metrics["reconstruct"]["sublayers"] == 4 and metrics["reconstruct"]["batches"] == 2
+    assert metrics["reconstruct"]["error_after"] < metrics["reconstruct"]["error_before"]
+    assert -1.0 <= metrics["fidelity_after_reconstruct"] <= 1.0

@@ -71,6 +71,13 @@ class FamilyAdapter(ABC):
     def attention_projections(self, layer: int) -> tuple[str, str, str]:
         """Module names of layer ``layer``'s query, key and value projections (same in the student)."""
 
+    def residual_sums(self, layer: int) -> list[tuple[str, str]]:
+        """Layer ``layer``'s (output projection, module reading the residual sum) names, for ``compress.reconstruct``.
+
+        Empty where the family's layers have no such pair (the default): reconstruct refuses them.
+        """
+        return []
+
     @abstractmethod
     def kind_limits(self) -> dict[str, int]:
         """The teacher's size for each axis kind (per layer where the kind is per layer)."""

@@ -79,6 +79,9 @@ class BertAdapter(EncoderAdapter):
         """The LayerNorms after layer ``i``'s attention and FFN sublayers (post-LN)."""
         return f"{self._layer(i)}.{self.layout['attention_norm']}", f"{self._layer(i)}.{self.layout['ffn_norm']}"
 
+    def post_norms(self, i: int) -> tuple[str, str] | None:
+        return self.layer_norms(i)
+
     @property
     def _projection(self) -> str | None:
         """ELECTRA's ``embeddings_project`` (embeddings narrower than the hidden size), when the model has one."""

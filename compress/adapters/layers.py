@@ -137,6 +137,22 @@ class EncoderAdapter(FamilyAdapter):
     def attention_projections(self, layer: int) -> tuple[str, str, str]:
         return self.layer_modules(layer).qkv
 
+    def post_norms(self, i: int) -> tuple[str, str] | None:
+        """The LayerNorms reading layer ``i``'s residual sums after attention and after the FFN (post-LN), else None."""
+        return None
+
+    def residual_sums(self, i: int) -> list[tuple[str, str]]:
+        """Layer ``i``'s (output projection, module whose input is the residual sum it writes), attention first.
+
+        Post-LN layers only (``post_norms``): there the LayerNorm after each sublayer reads the sum. Empty
+        for pre-LN layers. ``compress.reconstruct`` refits the projections against these sums.
+        """
+        norms = self.post_norms(i)
+        if norms is None:
+            return []
+        modules = self.layer_modules(i)
+        return [(modules.attention_out, norms[0]), (modules.ffn_out, norms[1])]
+
     def existing(self, dims: list[TensorDim]) -> list[TensorDim]:
         """The dimensions whose tensors this model has (heads and poolers differ between classes)."""
         return [d for d in dims if d.tensor in self.params]

@@ -116,6 +116,10 @@ class SpeechAdapter(EncoderAdapter):
             ffn_out=f"{layer}.feed_forward.output_dense",
         )
 
+    def post_norms(self, i: int) -> tuple[str, str] | None:
+        layer = self.layer_prefix(i).rstrip(".")
+        return None if self.pre_ln else (f"{layer}.layer_norm", f"{layer}.final_layer_norm")
+
     def axes(self, head_width: bool = False) -> list[Axis]:
         self.refuse_head_width(head_width)
         cfg = self.config
