@@ -43,7 +43,7 @@ class _Reached(Exception):
 
 
 def _run_until(model: nn.Module, batch: Mapping[str, Tensor], stop: str, record: Mapping[str, str]) -> dict[str, Tensor]:
-    """Run ``model`` on ``batch`` until ``stop``'s input is known; return it and what ``record`` asks for.
+    """Run ``model`` on ``batch`` until ``stop``'s input is known; return it and what ``record`` asks for (on the CPU).
 
     ``record`` maps a key to ``"name:input"`` or ``"name:output"``; the result has those keys and ``"sum"``.
     """
@@ -52,11 +52,11 @@ def _run_until(model: nn.Module, batch: Mapping[str, Tensor], stop: str, record:
 
     def keep(key: str, kind: str):
         def hook(module: nn.Module, args: tuple, output: Tensor | None = None) -> None:
-            found[key] = (args[0] if kind == "input" else output).detach()
+            found[key] = (args[0] if kind == "input" else output).detach().cpu()
         return hook
 
     def reached(module: nn.Module, args: tuple) -> None:
-        found["sum"] = args[0].detach()
+        found["sum"] = args[0].detach().cpu()
         raise _Reached
 
     try:
@@ -68,8 +68,9 @@ def _run_until(model: nn.Module, batch: Mapping[str, Tensor], stop: str, record:
                 else module.register_forward_hook(keep(key, kind))
             )
         handles.append(model.get_submodule(stop).register_forward_pre_hook(reached))
+        device = next(model.parameters()).device
         try:
-            model(**batch)
+            model(**{key: value.to(device) for key, value in batch.items()})
         except _Reached:
             pass
     finally:
@@ -117,12 +118,12 @@ def refit_sublayer(
         gram += inputs.T @ inputs
         cross += inputs.T @ target
         energy += float((target**2).sum())
-    current = torch.cat([out.weight.T, out.bias[None]], dim=0).double()
+    current = torch.cat([out.weight.T, out.bias[None]], dim=0).double().cpu()
     # argmin |A W - Y|^2 + lam |W - W0|^2, lam scaled to the inputs' energy: never worse than W0 on the data
     lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
     solution = torch.linalg.solve(gram + lam * torch.eye(width, dtype=torch.float64), cross + lam * current)
-    out.weight.copy_(solution[:-1].T.to(out.weight.dtype))
-    out.bias.copy_(solution[-1].to(out.bias.dtype))
+    out.weight.copy_(solution[:-1].T.to(out.weight))
+    out.bias.copy_(solution[-1].to(out.bias))
     scale = max(energy, 1e-12)
     return _residual(gram, cross, current, energy) / scale, _residual(gram, cross, solution, energy) / scale
 
