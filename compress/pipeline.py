@@ -546,10 +546,10 @@ def reconstruct_stage(run: Run) -> None:
         student, run.teacher, plan(student, run.job.adapter.residual_sums, layers), batches,
         torch.tensor(hidden) if hidden is not None else None, settings["ridge"], run.progress,
     )
-    run.metrics["reconstruct"] = {
-        "sublayers": len(errors), "batches": len(batches),
-        "error_before": sum(e[0] for e in errors) / len(errors), "error_after": sum(e[1] for e in errors) / len(errors),
-    }
+    run.metrics["reconstruct"] = {"sublayers": len(errors), "batches": len(batches)}
+    if errors:  # a student that kept no attention or FFN sublayer has nothing to refit
+        run.metrics["reconstruct"]["error_before"] = sum(e[0] for e in errors) / len(errors)
+        run.metrics["reconstruct"]["error_after"] = sum(e[1] for e in errors) / len(errors)
     if run.data.fidelity:
         run.metrics["fidelity_after_reconstruct"] = run.data.fidelity(run.teacher, student)
 

@@ -153,3 +153,15 @@ def test_the_stage_runs_between_fold_and_finetune_and_is_recorded(tmp_path, tiny
 def test_bad_settings_are_refused(value):
     with pytest.raises(compress.RecipeError, match="reconstruct.batches"):
         compress.load_recipe("bert-l0").override({"reconstruct.batches": value})
+
+
+def test_a_student_that_kept_no_sublayer_records_an_empty_refit(tmp_path, tiny_teacher_dir):
+    out = compress.run(
+        "bert-magnitude", teacher=tiny_teacher_dir, data="python-docs", out=tmp_path / "student", progress=False,
+        overrides={
+            **ONE_SHOT, "prune.axes": ["attention", "mlp"], "prune.target_sparsity": None,
+            "prune.target": {"attention": 0, "mlp": 0}, "reconstruct.batches": 2, "data.text": "python-docs",
+        },
+    )
+    metrics = json.loads((out / "compression.json").read_text())["metrics"]
+    assert metrics["reconstruct"] == {"sublayers": 0, "batches": 2}
