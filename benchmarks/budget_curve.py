@@ -14,7 +14,7 @@ labelled with its wall minutes, one panel per size. ``--variants`` compares dist
 on the same grid.
 
     python benchmarks/budget_curve.py --runs-dir runs/curve [--methods l0 wid magnitude layer-drop]
-        [--sizes 0.5 0.75] [--steps 360 720 1440 2880] [--variants recipe pooled hidden blocks python-docs]
+        [--sizes 0.5 0.75] [--steps 360 720 1440 2880] [--variants recipe pooled relation hidden blocks python-docs]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe": {},
     "hidden": {"distill.pooled_cos": 0.0, "distill.pooled_similarity": 0.0},
     "pooled": {"distill.pooled_cos": 1.0, "distill.pooled_similarity": 30.0},
+    # MiniLMv2's Q-Q / K-K / V-V self-attention relations of the mapped layers, on top of the recipe's terms
+    "relation": {"distill.attention_relation": 1.0},
     # the training text as full token blocks across paragraphs and documents (the default before paragraphs)
     "blocks": {"data.examples": "blocks"},
     # bert-l0's defaults before paragraphs, the corpus mix and the pooled terms
@@ -81,7 +83,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     sizes = sorted({row["target_sparsity"] for row in rows})
     figure, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), squeeze=False)
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    markers = dict(zip(VARIANTS, "os^Dv"))
+    markers = dict(zip(VARIANTS, "os^Dvx"))
     for axis, size in zip(axes[0], sizes):
         for method in METHODS:
             for variant in VARIANTS:

@@ -380,19 +380,23 @@ def _check_qkv(name: str, qkv: Sequence[Tensor], relation_heads: int) -> None:
         if not isinstance(tensor, Tensor) or tensor.dim() != 3:
             raise ValueError(f"{name} {label} must be a (batch, seq, width) tensor of concatenated heads")
         width = tensor.shape[-1]
-        if width == 0 or width % relation_heads:
+        if width < relation_heads:
             raise ValueError(
-                f"{name} {label} width {width} is not a positive multiple of relation_heads {relation_heads}; "
-                "choose relation_heads dividing every width (and leave out layers without attention)"
+                f"{name} {label} width {width} is narrower than relation_heads {relation_heads}; lower "
+                "distill.relation_heads to at most the narrowest attention width (layers without attention are left out)"
             )
 
 
 def _relation_log_probs(states: Tensor, relation_heads: int, key_padding: Tensor | None) -> Tensor:
-    """log softmax(X X^T / sqrt(d_r)) over keys per relation head: (batch, heads, seq, seq)."""
-    batch, seq, width = states.shape
-    head_dim = width // relation_heads
-    heads = states.reshape(batch, seq, relation_heads, head_dim).transpose(1, 2)
-    scores = heads @ heads.transpose(-1, -2) / math.sqrt(head_dim)
+    """log softmax(X X^T / sqrt(d_r)) over keys per relation head: (batch, heads, seq, seq).
+
+    A pruned student's width (kept heads x head size) need not divide into ``relation_heads``: the
+    heads then differ by one unit (the first ``width % relation_heads`` are wider), each scaled by its own size.
+    """
+    scores = torch.stack(
+        [head @ head.transpose(-1, -2) / math.sqrt(head.shape[-1]) for head in states.tensor_split(relation_heads, dim=-1)],
+        dim=1,
+    )
     if key_padding is not None:
         scores = scores.masked_fill(key_padding, torch.finfo(scores.dtype).min)
     return F.log_softmax(scores, dim=-1)
@@ -407,7 +411,7 @@ def attention_relation_loss(
     """MiniLMv2 self-attention relation distillation between one student and one teacher layer.
 
     Queries, keys and values (each ``(batch, seq, width)``, heads concatenated) are re-split into
-    ``relation_heads`` heads, so student and teacher widths may differ. Returns the mean over Q-Q,
+    ``relation_heads`` heads, so student and teacher widths may differ (and need not divide evenly). Returns the mean over Q-Q,
     K-K and V-V of KL(R_teacher || R_student), averaged over relation heads and non-padding queries;
     padded keys are masked out of every relation.
     """

@@ -285,8 +285,11 @@ def explicit_relation_kl(student: torch.Tensor, teacher: torch.Tensor, heads: in
         for h in range(heads):
             relations = []
             for states in (teacher, student):
-                d = states.shape[-1] // heads
-                x = states[b, :, h * d:(h + 1) * d].double()
+                # a width that heads does not divide: the first (width % heads) heads are one unit wider
+                base, extra = divmod(states.shape[-1], heads)
+                start = h * base + min(h, extra)
+                d = base + (h < extra)
+                x = states[b, :, start:start + d].double()
                 relations.append(torch.softmax(x @ x.T / math.sqrt(d), dim=-1))
             r_t, r_s = relations
             for i in range(student.shape[1]):
@@ -299,6 +302,15 @@ def test_attention_relation_matches_an_explicit_computation_with_different_width
     student, teacher = qkv(12, seed=0), qkv(18, seed=1)
     expected = sum(explicit_relation_kl(s, t, 3) for s, t in zip(student, teacher)) / 3
     assert attention_relation_loss(student, teacher, 3).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_attention_relation_splits_a_width_that_the_relation_heads_do_not_divide():
+    # a pruned student keeps 10 of the teacher's 12 heads of 32 (width 320): 12 relation heads still apply
+    student, teacher = qkv(10, seed=10), qkv(12, seed=11)
+    expected = sum(explicit_relation_kl(s, t, 3) for s, t in zip(student, teacher)) / 3
+    assert attention_relation_loss(student, teacher, 3).item() == pytest.approx(expected, rel=1e-5)
+    mask = padded_mask(2, 6)
+    assert attention_relation_loss(qkv(320, seed=12), qkv(384, seed=13), 12, mask).item() > 0
 
 
 def test_attention_relation_is_zero_for_identical_inputs():
@@ -350,8 +362,8 @@ def test_attention_relation_gradient_reaches_every_student_tensor():
 
 
 def test_attention_relation_rejects_bad_input():
-    with pytest.raises(ValueError, match="width 30 is not a positive multiple of relation_heads 8"):
-        attention_relation_loss(qkv(30, seed=0), qkv(32, seed=1), 8)
+    with pytest.raises(ValueError, match="width 2 is narrower than relation_heads 3"):
+        attention_relation_loss(qkv(2, seed=14), qkv(12, seed=15), 3)
     with pytest.raises(ValueError, match=r"\(query, key, value\) tuple"):
         attention_relation_loss(qkv(32, seed=0)[:2], qkv(32, seed=1), 8)
     with pytest.raises(ValueError, match="differ in batch or sequence length"):

@@ -16,7 +16,7 @@ import transformers
 from safetensors.torch import load_file
 
 import compress
-from conftest import offline_env
+from conftest import offline_env, save_tiny_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("compress") or str(Path(sys.executable).with_name("compress"))
@@ -80,6 +80,19 @@ def test_attention_relation_and_mse_terms_train(tiny_teacher_dir, tmp_path):
         assert parts and all(e["attention_relation"] >= 0 and e["hidden_mse"] >= 0 for e in parts)
     hooks = [h for m in teacher.modules() for h in m._forward_hooks.values()]
     assert not [h for h in hooks if "QKVCapture" in getattr(h, "__qualname__", "")], "capture hooks removed after training"
+
+
+def test_attention_relation_distils_an_uneven_student_whose_widths_the_relation_heads_do_not_divide(minilm, tmp_path):
+    # 3 of a 3-layer teacher's 12 heads of 12 units: some layer keeps an odd number of heads, a width that
+    # 8 relation heads do not divide (it used to fail at the first stage-2 step, after all of stage 1 had run)
+    teacher = save_tiny_teacher(tmp_path / "teacher", minilm[1], layers=3)
+    extra = {"distill.attention_relation": 1.0, "distill.relation_heads": 8, "train.max_steps": 6, "finetune.max_steps": 4,
+             "distill.layers": [[i, i] for i in range(4)], "prune.target_sparsity": None, "prune.target": {"heads": 1}}
+    out = compress.run("bert-l0", teacher=teacher, out=tmp_path / "run", overrides={**SHORT, **extra}, progress=False)
+    structure = compress.Structure.from_dict(json.loads((out / "compression.json").read_text())["structure"])
+    assert any(heads % 2 for heads in structure.per_layer("heads"))
+    finetune = json.loads((out / "training_log.json").read_text())["finetune"]
+    assert [e for e in finetune if e.get("attention_relation", -1) > 0]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
