@@ -11,10 +11,11 @@ steps than the schedule's ``interval`` (10 in the recipes), no pruning step is a
 Prints steps/s and tokens/s (median step) and each method's step time over L0's: the median over
 rounds of the ratio within a round, so a load that comes and goes between rounds cancels (the
 target for WID is <= 1.3); writes JSON. ``--compile`` adds each method trained with
-``trainer.torch_compile: true`` (rows ``<method> compiled``) to the same rounds.
+``trainer.torch_compile: true`` (rows ``<method> compiled``) to the same rounds, ``--dropout P ...`` each
+method trained with ``train.dropout: P`` (rows ``<method> dropout P``); the plain rows use the recipes' own.
 
     python benchmarks/step_speed.py [--methods l0 wid magnitude] [--batch 16] [--seq 64] [--rounds 6]
-        [--steps 2] [--warmup 4] [--compile]
+        [--steps 2] [--warmup 4] [--compile] [--dropout 0.0 0.1]
 """
 
 from __future__ import annotations
@@ -56,17 +57,28 @@ class StepTimer(TrainerCallback):
 
 
 def method_trainer(
-    method: str, compiled: bool, teacher: Any, tokenizer: Any, args: argparse.Namespace, out: Path
+    method: str, variant: dict[str, Any], teacher: Any, tokenizer: Any, args: argparse.Namespace, out: Path
 ) -> tuple[CompressionTrainer, StepTimer]:
-    """The stage-1 trainer of ``bert-<method>`` (``trainer.args.max_steps`` sets the steps of each ``train()``), with its timer."""
+    """The stage-1 trainer of ``bert-<method>`` (``trainer.args.max_steps`` sets the steps of each ``train()``), with its timer.
+
+    ``variant``: ``compiled`` (``trainer.torch_compile: true``) and / or ``dropout`` (``train.dropout``).
+    """
     overrides = {"train.batch_size": args.batch, "train.seq_len": args.seq, "train.save_steps": 10**9, "train.logging_steps": 10**9}
+    if "dropout" in variant:
+        overrides["train.dropout"] = variant["dropout"]
     run = setup(f"bert-{method}", teacher=teacher, processor=tokenizer, out=out, overrides=overrides, progress=False,
-                training_args={"torch_compile": True} if compiled else None)
+                training_args={"torch_compile": True} if variant.get("compiled") else None)
     trainer = build_trainer(run, run.job.model, PRUNE, run.distillation, method=run.job.method)
     trainer.remove_callback(PrinterCallback)  # no log lines between the table's
     timer = StepTimer()
     trainer.add_callback(timer)
     return trainer, timer
+
+
+def variant_name(method: str, variant: dict[str, Any]) -> str:
+    """The table row of a method's variant: ``wid``, ``wid compiled``, ``wid dropout 0.0``."""
+    parts = [method, *(["compiled"] if variant.get("compiled") else []), *([f"dropout {variant['dropout']}"] if "dropout" in variant else [])]
+    return " ".join(parts)
 
 
 def main() -> None:
@@ -78,18 +90,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps per method per round")
     parser.add_argument("--warmup", type=int, default=4, help="steps per method in the warm-up round")
     parser.add_argument("--compile", action="store_true", help="also time each method with trainer.torch_compile: true")
+    parser.add_argument("--dropout", type=float, nargs="*", default=[],
+                        help="also time each method with train.dropout set to each of these (rows '<method> dropout P')")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step_speed.json")
     args = parser.parse_args()
     if "l0" not in args.methods:
         parser.error("the ratios are to l0: include it in --methods")
 
-    variants = [(m, False) for m in args.methods] + [(m, True) for m in args.methods if args.compile]
+    variants = [(m, {}) for m in args.methods] + [(m, {"compiled": True}) for m in args.methods if args.compile]
+    variants += [(m, {"dropout": p}) for p in args.dropout for m in args.methods]
     teacher, tokenizer = load_teacher()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {
-            f"{m} compiled" if compiled else m: method_trainer(m, compiled, teacher, tokenizer, args, Path(tmp) / f"{m}-{compiled}")
-            for m, compiled in variants
+            variant_name(m, variant): method_trainer(m, variant, teacher, tokenizer, args, Path(tmp) / f"{m}-{i}")
+            for i, (m, variant) in enumerate(variants)
         }
         started = time.perf_counter()
         for trainer, _ in trainers.values():  # warm-up round, not counted
@@ -112,9 +127,9 @@ def main() -> None:
                    "ratio_to_l0": statistics.median(ratios), "seconds_by_round": timer.rounds}
     print(f"stage-1 training step, MiniLM-L6, batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} x {args.steps} steps each (interleaved; warm-up {warmup_s:.0f} s; load average {load:.1f} at start)")
-    print(f"{'method':18s} {'ms/step':>9s} {'steps/s':>8s} {'tokens/s':>9s} {'x L0':>6s}")
+    print(f"{'method':22s} {'ms/step':>9s} {'steps/s':>8s} {'tokens/s':>9s} {'x L0':>6s}")
     for m, row in rows.items():
-        print(f"{m:18s} {row['ms_per_step']:>9.1f} {row['steps_per_s']:>8.3f} {row['tokens_per_s']:>9.0f} {row['ratio_to_l0']:>6.2f}")
+        print(f"{m:22s} {row['ms_per_step']:>9.1f} {row['steps_per_s']:>8.3f} {row['tokens_per_s']:>9.0f} {row['ratio_to_l0']:>6.2f}")
     if "wid" in rows:
         print(f"WID / L0: {rows['wid']['ratio_to_l0']:.3f} (target <= 1.3)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

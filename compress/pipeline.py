@@ -469,6 +469,7 @@ def build_trainer(
         trainable=run.trainable,
         relation_layers=_relation_layers(run.job, model),
         guard=FiniteGuard(stage, LEARNING_RATE_KEYS[stage]),
+        dropout=run.recipe.train["dropout"],
     )
 
 

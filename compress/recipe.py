@@ -16,7 +16,7 @@ from compress.errors import RecipeError
 from compress.families import AUTO, AXIS_KINDS, FAMILIES, recipe_fits
 from compress.methods import method_names, settings_fragments
 from compress.schema import FLOAT, INT, STR, Field, at_least, fraction, fraction_closed, fraction_open, merge_fragment, one_of
-from compress.schema import positive
+from compress.schema import positive, probability
 from compress.schema import unknown_key, validate
 from compress.sources import TEXT_EXAMPLES, mix_problem
 from pruners import schedules
@@ -199,6 +199,9 @@ SCHEMA: dict[str, Any] = {
         "logging_steps": Field(INT, 10, check=at_least(1)),
         "save_steps": Field(INT, 50, check=at_least(1)),
         "seed": Field(INT, 0, check=at_least(0)),
+        # the student's dropout probability while it trains (both stages); null: the teacher's own. The
+        # exported config keeps the teacher's either way
+        "dropout": Field(FLOAT, None, nullable=True, check=probability),
     },
     "finetune": {
         "max_steps": Field(INT, 200, check=at_least(0)),

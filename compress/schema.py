@@ -51,6 +51,10 @@ def fraction_open(v: Any) -> str | None:
     return None if 0.0 < v < 1.0 else "must be in (0, 1)"
 
 
+def probability(v: Any) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1): a probability"
+
+
 def merge_fragment(schema: dict[str, Any], fragment: Mapping[str, Field], owner: str) -> None:
     """Add a fragment's dotted keys (``prune.shrink_penalty``) to ``schema``; a key defined twice is an error."""
     for dotted, spec in fragment.items():

@@ -58,6 +58,43 @@ class QKVCapture:
         return taken
 
 
+def dropout_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Every dropout probability of ``model``: each ``nn.Dropout``'s ``p`` and each float attribute with
+    ``dropout`` in its name (Hugging Face attention modules and ours keep their probability that way)."""
+    sites = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            sites.append((module, "p"))
+            continue
+        sites += [(module, name) for name, value in vars(module).items() if "dropout" in name and type(value) is float]
+    return sites
+
+
+class TrainingDropout(TrainerCallback):
+    """Trains the model with dropout probability ``p`` everywhere, the model's own restored when training ends.
+
+    Only the modules change, never the config, so checkpoints and the exported student keep the
+    teacher's dropout for whoever trains them next. A student distilled to match a teacher that runs
+    without dropout learns more per step without it (README: Benchmarks, ``train.dropout``).
+    """
+
+    def __init__(self, p: float) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self._saved: list[tuple[nn.Module, str, float]] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._saved = [(module, name, getattr(module, name)) for module, name in dropout_sites(model)]
+        for module, name, _ in self._saved:
+            setattr(module, name, self.p)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for module, name, value in self._saved:
+            setattr(module, name, value)
+        self._saved = []
+
+
 class MethodHooks(TrainerCallback):
     """Calls a pruning method's hooks around each optimiser step (gradients present, then weights updated)."""
 
@@ -75,7 +112,8 @@ class CompressionTrainer(Trainer):
     """Distil ``model`` from ``teacher``; with ``method`` (``job.method``, ``model`` is ``job.model``), prune it too.
 
     ``guard`` (a ``compress.guards.FiniteGuard``) stops training at the first non-finite loss or
-    gradient. ``distillation`` is attached to the model as a submodule, as the job attached its method's modules
+    gradient. ``dropout`` (a probability) replaces the model's dropout while it trains (``TrainingDropout``);
+    None keeps the model's own. ``distillation`` is attached to the model as a submodule, as the job attached its method's modules
     (multipliers, compactors), so checkpoints and resume carry them and their optimiser state like any
     weight. They are used outside the model's forward, so under DDP pass
     ``ddp_find_unused_parameters=False`` and ``trainable`` to freeze what the loss does not reach.
@@ -90,6 +128,7 @@ class CompressionTrainer(Trainer):
         relation_layers: tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]] | None = None,
         trainable: Callable[[str], bool] | None = None,
         guard: FiniteGuard | None = None,
+        dropout: float | None = None,
         **kwargs: Any,
     ) -> None:
         model = kwargs.get("model") or args[0]
@@ -115,6 +154,8 @@ class CompressionTrainer(Trainer):
         self.method = method
         if method is not None:
             self.add_callback(MethodHooks(method))
+        if dropout is not None:
+            self.add_callback(TrainingDropout(dropout))
         self._logged: dict[str, list[float]] = defaultdict(list)
         self._captures = None
         if relation_layers is not None:
