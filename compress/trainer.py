@@ -23,6 +23,7 @@ from compress.distill import DistillationLoss
 from compress.gated import ATTACHED_PREFIX
 from compress.guards import FiniteGuard
 from compress.methods.base import PruningMethod
+from compress.schema import probability
 
 DISTILL_ATTR = "compress_distill"
 
@@ -79,8 +80,9 @@ class TrainingDropout(TrainerCallback):
     """
 
     def __init__(self, p: float) -> None:
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        problem = probability(p)
+        if problem:
+            raise ValueError(f"dropout {problem}, got {p}")
         self.p = p
         self._saved: list[tuple[nn.Module, str, float]] = []
 
